@@ -1,0 +1,229 @@
+"""`LARPAR`: the Llama-style autoregressive generator over LARP tokens (spec section 3).
+
+Sequence = [condition (cls_token_num positions) ; tokens]. The condition is one class embedding
+(class-conditional) or the tokenizer's tokens of the context frames plus a separator (frame prediction).
+Learned absolute position embeddings, no RoPE. Generation lives in `larp.sampling`; this module only offers
+the forward passes it needs, with a KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from .config import ARConfig
+from .hub import HubModelMixin
+from .layers import RMSNorm, SwiGLU, sincos_1d, swiglu_hidden_dim
+
+
+class KVCache:
+    """Keys and values of one layer for a whole request, allocated once: (B, H_kv, L, head_dim)."""
+
+    def __init__(self, batch: int, n_kv_head: int, length: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.k = torch.zeros(batch, n_kv_head, length, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write positions [start, start + L) and return views of the filled prefix [0, start + L)."""
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ARConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.head_dim = cfg.dim // cfg.n_head
+        self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        b, n, d = x.shape
+        kv = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([d, kv, kv], dim=-1)
+        q = q.view(b, n, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
+        k = k.view(b, n, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(start, k, v)  # (B, H_kv, start + n, hd): the filled prefix only
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        dropout = self.attn_dropout_p if self.training else 0.0
+        if n == 1:  # one new token attends to the whole prefix
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        elif k.shape[2] == n:  # prefill or training: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # a chunk after a prefix: causal within the chunk, full over the prefix
+            mask = torch.ones(n, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=k.shape[2] - n)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(b, n, d)
+        return self.resid_dropout(self.wo(y))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ARConfig, drop_path: float):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = SwiGLU(cfg.dim, swiglu_hidden_dim(cfg.dim, cfg.multiple_of, cfg.ffn_dim_multiplier),
+                                   cfg.ffn_dropout_p)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), cache, start))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with a null class (last row) for classifier-free guidance and label dropout."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+
+    def forward(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class LARPAR(HubModelMixin, nn.Module):
+    config_class = ARConfig
+
+    def __init__(self, config: ARConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        self.cls_embedding = (None if cfg.frame_prediction
+                              else LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob))
+        self.tok_embeddings = nn.Embedding(cfg.input_vocab_size, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.n_layer).tolist()
+        self.layers = nn.ModuleList([TransformerBlock(cfg, r) for r in rates])
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        pe_len = cfg.max_seq_len + cfg.cls_token_num - 1
+        if cfg.use_fixed_pe:
+            self.register_buffer("abs_pe", sincos_1d(cfg.dim, torch.arange(pe_len)).float()[None])
+        else:
+            self.abs_pe = nn.Parameter(torch.randn(1, pe_len, cfg.dim) * 0.02)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.output.weight)
+
+    # ---------------------------------------------------------------------------------------- checks
+    @property
+    def num_tokens(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def cond_length(self) -> int:
+        return self.config.cls_token_num
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def check_cond(self, cond: torch.Tensor, allow_null: bool = False) -> None:
+        """Raise a ValueError naming the expected condition and what came."""
+        cfg = self.config
+        if cfg.frame_prediction:
+            n = cfg.cls_token_num
+            expected = (f"an integer tensor (B, {n}) of frame-prediction condition tokens: {n - 1} codes in "
+                        f"[0, {cfg.vocab_size}) followed by the separator {cfg.separator_id}")
+            if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.ndim != 2 or cond.shape[1] != n:
+                got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+                raise ValueError(f"expected {expected}, got {got}"
+                                 + (f" of dtype {cond.dtype}" if isinstance(cond, torch.Tensor) else ""))
+            if cond.numel():
+                if bool((cond[:, -1] != cfg.separator_id).any()):
+                    raise ValueError(f"expected {expected}, but the last position holds "
+                                     f"{cond[:, -1].tolist()} instead of the separator")
+                lo, hi = int(cond[:, :-1].min()), int(cond[:, :-1].max())
+                if lo < 0 or hi >= cfg.vocab_size:
+                    raise ValueError(f"expected {expected}, got codes in [{lo}, {hi}]")
+            return
+        top = cfg.num_classes + (1 if allow_null and cfg.class_dropout_prob > 0 else 0)
+        expected = f"an integer tensor (B,) of class ids in [0, {top})"
+        if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.ndim != 1:
+            got = f"shape {tuple(cond.shape)} dtype {cond.dtype}" if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(f"expected {expected}, got {got}")
+        if cond.numel():
+            lo, hi = int(cond.min()), int(cond.max())
+            if lo < 0 or hi >= top:
+                raise ValueError(f"expected {expected}, got class ids in [{lo}, {hi}]")
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        n, v = self.config.max_seq_len, self.config.vocab_size
+        expected = f"an integer tensor (B, {n}) of tokens in [0, {v})"
+        if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.ndim != 2 \
+                or tokens.shape[1] != n:
+            got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"expected {expected}, got {got}")
+        if tokens.numel():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= v:
+                raise ValueError(f"expected {expected}, got tokens in [{lo}, {hi}]")
+
+    # -------------------------------------------------------------------------------------- forward
+    def cond_embeddings(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) class ids or (B, cls_token_num) condition tokens -> (B, cls_token_num, dim)."""
+        if self.cls_embedding is None:
+            return self.tok_embeddings(cond)
+        return self.cls_embedding(cond, generator).unsqueeze(1)
+
+    def forward_hidden(self, h: torch.Tensor, caches: list[KVCache] | None = None, start: int = 0
+                       ) -> torch.Tensor:
+        """Embedded positions [start, start + L) -> (B, L, vocab) logits, using and filling `caches`."""
+        h = self.tok_dropout(h) + self.abs_pe[:, start:start + h.shape[1]]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, caches[i] if caches is not None else None, start)
+        return self.output(self.norm(h))
+
+    def logits(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """Teacher-forced logits (B, N, vocab): [:, i] predicts tokens[:, i] from cond and tokens[:, :i]."""
+        self.check_tokens(tokens)
+        self.check_cond(cond, allow_null=True)
+        if cond.shape[0] != tokens.shape[0]:
+            raise ValueError(f"cond has batch {cond.shape[0]} but tokens have batch {tokens.shape[0]}")
+        h = torch.cat([self.cond_embeddings(cond, generator), self.tok_embeddings(tokens[:, :-1])], dim=1)
+        return self.forward_hidden(h)[:, self.cond_length - 1:]
+
+    forward = logits
+
+    def new_caches(self, batch: int, length: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """One KV cache per layer for `batch` sequences of `length` positions."""
+        ref = self.output.weight
+        attn = self.layers[0].attention
+        return [KVCache(batch, attn.n_kv_head, length, attn.head_dim, dtype or ref.dtype, ref.device)
+                for _ in self.layers]
+
+    @torch.no_grad()
+    def generate(self, cond: torch.Tensor, cfg_scale: float = 1.0, cfg_interval: int = -1,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """KV-cached sampling of (B, N) tokens; see `larp.sampling.generate`."""
+        from ..sampling import generate
+
+        return generate(self, cond, cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature,
+                        top_k=top_k, top_p=top_p, generator=generator)
