@@ -110,7 +110,8 @@ class LARPAR(HubModelMixin, nn.Module):
                               else LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob))
         self.tok_embeddings = nn.Embedding(cfg.input_vocab_size, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.n_layer).tolist()
+        # Stochastic depth grows linearly with depth (plain floats: the model may be built on 'meta').
+        rates = [cfg.drop_path_rate * i / max(cfg.n_layer - 1, 1) for i in range(cfg.n_layer)]
         self.layers = nn.ModuleList([TransformerBlock(cfg, r) for r in rates])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

@@ -215,7 +215,7 @@ class LARPTokenizer(HubModelMixin, nn.Module):
 
         `quantized` are the straight-through vectors, so the gradient reaches the encoder and codebook."""
         p = self.config.prior_model
-        prior = self._require_prior()
+        self._require_prior()
         b, n, d = quantized.shape
         labels = indices[:, 1:]
         ratio = self.scheduled_sampling_ratio(step, total_steps)
