@@ -1,0 +1,1 @@
+"""Evaluation: FVD (I3D detector, feature statistics, Fréchet distance), reconstruction metrics, protocols."""
