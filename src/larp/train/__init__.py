@@ -1,0 +1,1 @@
+"""Training: the engine, tasks, recipes and codebook tools."""
