@@ -1,0 +1,327 @@
+"""Losses of the tokenizer training (LARP_SPEC.md section 2).
+
+- `pixel_loss`: L1 or L2 reconstruction loss.
+- `PerceptualLoss`: LPIPS-VGG (the `lpips` package, version 0.1) on every frame.
+- `VideoDiscriminator`: the transformer discriminator over 3-D patches, and its losses: the non-saturating
+  loss with one-sided label smoothing (`d_loss_smoothed_bce`, `g_loss_non_saturating`), the hinge loss
+  (`d_loss_hinge`, `g_loss_hinge`), LeCam regularisation (`LeCam`) and the R1 penalty (`r1_penalty`).
+
+The VQ loss and the prior cross-entropy come from the tokenizer's forward pass (`TokenizerOutput`).
+Every loss returns a float32 scalar, whatever the dtype of its inputs (mixed precision).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from larp.models.layers import PatchEmbed3D, sincos_3d, vit_block
+
+# ---------------------------------------------------------------------------------------------------------
+# Pixel loss
+# ---------------------------------------------------------------------------------------------------------
+
+
+def pixel_loss(recon: Tensor, target: Tensor, kind: Literal["l1", "l2"] = "l1") -> Tensor:
+    """Mean absolute ("l1") or squared ("l2") error over all elements."""
+    if recon.shape != target.shape:
+        raise ValueError(f"pixel_loss: recon has shape {tuple(recon.shape)} but target has "
+                         f"{tuple(target.shape)}; expected equal shapes")
+    if kind == "l1":
+        return F.l1_loss(recon.float(), target.float())
+    if kind == "l2":
+        return F.mse_loss(recon.float(), target.float())
+    raise ValueError(f"pixel_loss: kind must be 'l1' or 'l2', got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Perceptual loss (LPIPS-VGG)
+# ---------------------------------------------------------------------------------------------------------
+
+VGG16_FILE = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+VGG16_BYTES = 553_433_881
+
+
+def require_vgg_weights() -> Path:
+    """Path of torchvision's ImageNet VGG-16 weights in the torch hub cache; never downloads.
+
+    Raises FileNotFoundError (naming the file, the folder and the URL) when the file is absent, and
+    ValueError when it has the wrong size (an interrupted download)."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / VGG16_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LPIPS needs torchvision's ImageNet VGG-16 weights '{VGG16_FILE}' ({VGG16_BYTES:,} bytes) in "
+            f"{folder} (torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), and it is not there. "
+            f"Download {VGG16_URL} into that folder, or train with perceptual_weight=0, which runs "
+            f"without it.")
+    size = path.stat().st_size
+    if size != VGG16_BYTES:
+        raise ValueError(f"{path} has {size:,} bytes, expected {VGG16_BYTES:,} (an interrupted download?); "
+                         f"download {VGG16_URL} again, or train with perceptual_weight=0")
+    return path
+
+
+def vgg_trunk_state(trunk: nn.Module, vgg_state: dict[str, Tensor], source: str = "VGG-16 weights"
+                    ) -> dict[str, Tensor]:
+    """Map torchvision VGG-16 keys (`features.{i}.weight`) onto the lpips trunk (`slice{k}.{i}.weight`).
+
+    lpips names each layer of its slices by its index in `vgg16().features`, so the mapping is by that
+    index. Every trunk tensor must be found with the same shape."""
+    mapped: dict[str, Tensor] = {}
+    for name, ref in trunk.state_dict().items():
+        _, index, leaf = name.split(".")  # slice{k}.{i}.{weight|bias}
+        key = f"features.{index}.{leaf}"
+        if key not in vgg_state:
+            raise ValueError(f"{source}: missing '{key}' (needed for the LPIPS trunk's '{name}')")
+        value = vgg_state[key]
+        if value.shape != ref.shape:
+            raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        mapped[name] = value
+    return mapped
+
+
+def _read_vgg_weights(path: Path) -> tuple[dict[str, Tensor], str]:
+    """(state dict, file name for messages); tensors only, nothing else is unpickled."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or foreign file: say which one
+        raise ValueError(f"could not read the VGG-16 weights {path}: {err}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a VGG-16 state dict, found a {type(state).__name__}")
+    return state, str(path)
+
+
+class PerceptualLoss(nn.Module):
+    """Mean LPIPS-VGG (v0.1) over all frames of (B, 3, T, H, W) videos in [0, 1]; frozen, always eval.
+
+    The trunk is built untrained and the ImageNet weights are loaded here from the hub cache with
+    `torch.load(weights_only=True)`: lpips would otherwise let torchvision download the file, and
+    torchvision unpickles it without `weights_only`. The result is the same network as
+    `lpips.LPIPS(net='vgg', version='0.1')`. `pretrained_trunk=False` keeps a random trunk (tests only)."""
+
+    def __init__(self, pretrained_trunk: bool = True):
+        super().__init__()
+        import lpips  # imported here: it pulls in torchvision, which most commands do not need
+
+        # Read the weights before the (slow) construction so a missing or bad file fails fast.
+        state = _read_vgg_weights(require_vgg_weights()) if pretrained_trunk else None
+        with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=` argument
+            warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum).*", category=UserWarning)
+            self.lpips = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        if state is not None:
+            self.lpips.net.load_state_dict(vgg_trunk_state(self.lpips.net, *state))
+        self.lpips.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        # LPIPS has dropout in its linear heads; it must never switch to training behaviour.
+        return super().train(False)
+
+    def forward(self, recon: Tensor, target: Tensor) -> Tensor:
+        if recon.shape != target.shape or recon.dim() != 5 or recon.shape[1] != 3:
+            raise ValueError(f"PerceptualLoss expects two (B, 3, T, H, W) videos of the same shape, got "
+                             f"{tuple(recon.shape)} and {tuple(target.shape)}")
+        frames_recon = rearrange(recon, "b c t h w -> (b t) c h w")
+        frames_target = rearrange(target, "b c t h w -> (b t) c h w")
+        return self.lpips(frames_recon, frames_target, normalize=True).float().mean()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discriminator
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The video discriminator; the defaults are the released recipe's (width 512, 8 heads, 12 layers)."""
+
+    width: int = 512
+    heads: int = 8
+    depth: int = 12
+    temporal_patch: int = 4
+    patch: int = 8
+    frames: int = 16
+    size: int = 128
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"discriminator width {self.width} is not divisible by its {self.heads} heads")
+        if self.width % 4:
+            raise ValueError(f"discriminator width must be divisible by 4 (3-D sin-cos PE), got {self.width}")
+        if self.frames % self.temporal_patch:
+            raise ValueError(f"discriminator frames {self.frames} are not divisible by its temporal patch "
+                             f"{self.temporal_patch}")
+        if self.size % self.patch:
+            raise ValueError(f"discriminator size {self.size} is not divisible by its patch {self.patch}")
+        if min(self.depth, self.in_channels) < 1:
+            raise ValueError(f"discriminator depth and in_channels must be >= 1, got {self.depth} and "
+                             f"{self.in_channels}")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.frames // self.temporal_patch, self.size // self.patch, self.size // self.patch)
+
+
+class VideoDiscriminator(nn.Module):
+    """Transformer over 3-D patches with a learned CLS token; (B, C, T, H, W) in [0, 1] -> (B,) logits.
+
+    Patches get the fixed 3-D sin-cos embedding of the tokenizer; the CLS token (first position) gets none.
+    Pre-norm ViT blocks (qkv without bias), then LayerNorm and Linear -> 1 on the CLS token."""
+
+    def __init__(self, config: DiscriminatorConfig | None = None):
+        super().__init__()
+        self.config = config = config or DiscriminatorConfig()
+        self.patch_embed = PatchEmbed3D(config.in_channels, config.width, config.temporal_patch, config.patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
+        # Fixed, so not saved: it is rebuilt from the config.
+        self.register_buffer("pos_embed", sincos_3d(config.width, *config.grid), persistent=False)
+        self.blocks = nn.ModuleList([vit_block(config.width, config.heads) for _ in range(config.depth)])
+        self.norm = nn.LayerNorm(config.width, eps=1e-6)
+        self.head = nn.Linear(config.width, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The tokenizer's initialisation: xavier-uniform Linears with zero bias, the conv like a Linear.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def forward(self, video: Tensor) -> Tensor:
+        c = self.config
+        expected = (c.in_channels, c.frames, c.size, c.size)
+        if video.dim() != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(f"VideoDiscriminator expects (B, {c.in_channels}, {c.frames}, {c.size}, {c.size}) "
+                             f"videos in [0, 1], got {tuple(video.shape)}")
+        x = self.patch_embed(video * 2.0 - 1.0) + self.pos_embed  # (B, Np, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0])).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Adversarial losses
+# ---------------------------------------------------------------------------------------------------------
+
+LABEL_NOISE_STD = 0.15
+
+
+def _half_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """|N(0, 0.15)| of like's shape, drawn on the generator's device, returned on like's device."""
+    device = generator.device if generator is not None else like.device
+    noise = torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
+    return (noise * LABEL_NOISE_STD).abs().to(like.device)
+
+
+def smoothed_targets(real_logits: Tensor, fake_logits: Tensor, generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """Noisy targets: real 1 - |N(0, 0.15)| clamped >= 0.7, fake |N(0, 0.15)| clamped <= 0.3.
+
+    The real noise is drawn first, then the fake noise, from `generator` (the global RNG if None)."""
+    real_t = (1.0 - _half_normal(real_logits, generator)).clamp(min=0.7)
+    fake_t = _half_normal(fake_logits, generator).clamp(max=0.3)
+    return real_t, fake_t
+
+
+def d_loss_smoothed_bce(real_logits: Tensor, fake_logits: Tensor,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """Discriminator loss, non-saturating with noisy label smoothing (targets from `smoothed_targets`).
+
+    Convention: 0.5 * (mean BCE-with-logits on the real logits + mean BCE-with-logits on the fake ones),
+    so that real and fake weigh the same whatever their batch sizes."""
+    real_t, fake_t = smoothed_targets(real_logits, fake_logits, generator)
+    real = F.binary_cross_entropy_with_logits(real_logits.float(), real_t)
+    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), fake_t)
+    return 0.5 * (real + fake)
+
+
+def d_loss_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """0.5 * (mean relu(1 - real) + mean relu(1 + fake)); the same averaging as `d_loss_smoothed_bce`."""
+    return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
+
+
+def g_loss_non_saturating(fake_logits: Tensor) -> Tensor:
+    """-mean(log sigmoid(fake)), computed stably as mean(softplus(-fake))."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def g_loss_hinge(fake_logits: Tensor) -> Tensor:
+    """-mean(fake)."""
+    return -fake_logits.float().mean()
+
+
+def discriminator_loss(kind: Literal["bce", "hinge"], real_logits: Tensor, fake_logits: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """`d_loss_smoothed_bce` ("bce", which uses `generator`) or `d_loss_hinge` ("hinge")."""
+    if kind == "bce":
+        return d_loss_smoothed_bce(real_logits, fake_logits, generator)
+    if kind == "hinge":
+        return d_loss_hinge(real_logits, fake_logits)
+    raise ValueError(f"discriminator loss kind must be 'bce' or 'hinge', got {kind!r}")
+
+
+def generator_adversarial_loss(kind: Literal["bce", "hinge"], fake_logits: Tensor) -> Tensor:
+    """`g_loss_non_saturating` ("bce") or `g_loss_hinge` ("hinge")."""
+    if kind == "bce":
+        return g_loss_non_saturating(fake_logits)
+    if kind == "hinge":
+        return g_loss_hinge(fake_logits)
+    raise ValueError(f"generator adversarial loss kind must be 'bce' or 'hinge', got {kind!r}")
+
+
+class LeCam(nn.Module):
+    """LeCam regularisation: EMAs of the mean real and mean fake logits and the penalty against them.
+
+    The EMAs live in buffers so they are checkpointed. The first `update` copies the means (no bias
+    towards an arbitrary start value); later ones do ema = decay * ema + (1 - decay) * mean.
+    penalty = mean(relu(real - ema_fake)^2) + mean(relu(ema_real - fake)^2); the caller applies the
+    weight (0.001 in the recipe)."""
+
+    def __init__(self, decay: float = 0.999):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"LeCam decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.register_buffer("ema_real", torch.zeros(()))
+        self.register_buffer("ema_fake", torch.zeros(()))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, real_logits: Tensor, fake_logits: Tensor) -> None:
+        # A tensor condition, not .item(): no host-device sync on accelerators.
+        decay = torch.where(self.num_updates > 0, self.decay, 0.0).to(self.ema_real)
+        self.ema_real.copy_(decay * self.ema_real + (1.0 - decay) * real_logits.detach().float().mean())
+        self.ema_fake.copy_(decay * self.ema_fake + (1.0 - decay) * fake_logits.detach().float().mean())
+        self.num_updates.add_(1)
+
+    def penalty(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return (F.relu(real_logits.float() - self.ema_fake).pow(2).mean()
+                + F.relu(self.ema_real - fake_logits.float()).pow(2).mean())
+
+
+def r1_penalty(real_logits: Tensor, real_inputs: Tensor) -> Tensor:
+    """Mean over the batch of ||d D(x) / d x||^2 (summed over all input elements of a sample).
+
+    No 1/2 or gamma here: the caller multiplies by gamma / 2. `real_inputs` must require grad and be the
+    tensor that produced `real_logits`; the result keeps the graph (create_graph) so it can be trained."""
+    if not real_inputs.requires_grad:
+        raise ValueError("r1_penalty needs real_inputs with requires_grad=True (call "
+                         "real.requires_grad_(True) before the discriminator's forward pass)")
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()

@@ -1,0 +1,296 @@
+"""Tokenizer-training losses against hand-computed values (LARP_SPEC.md section 2)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lpips
+import pytest
+import torch
+
+from larp import losses
+from larp.losses import (
+    VGG16_BYTES,
+    VGG16_FILE,
+    VGG16_URL,
+    DiscriminatorConfig,
+    LeCam,
+    PerceptualLoss,
+    VideoDiscriminator,
+    d_loss_hinge,
+    d_loss_smoothed_bce,
+    discriminator_loss,
+    g_loss_hinge,
+    g_loss_non_saturating,
+    generator_adversarial_loss,
+    pixel_loss,
+    r1_penalty,
+    require_vgg_weights,
+    smoothed_targets,
+    vgg_trunk_state,
+)
+from larp.models.layers import sincos_3d
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _bce(x: float, t: float) -> float:
+    return -(t * math.log(_sigmoid(x)) + (1.0 - t) * math.log(1.0 - _sigmoid(x)))
+
+
+# ------------------------------------------------------------------------------------------- pixel loss
+
+
+def test_pixel_loss_values():
+    recon, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
+    assert pixel_loss(recon, target).item() == pytest.approx(1.5)  # (1 + 2) / 2
+    assert pixel_loss(recon, target, "l2").item() == pytest.approx(2.5)  # (1 + 4) / 2
+    half = pixel_loss(recon.half(), target.half())
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(1.5)
+
+
+def test_pixel_loss_bad_input():
+    with pytest.raises(ValueError, match=r"recon has shape \(2,\) but target has \(3,\)"):
+        pixel_loss(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="'l1' or 'l2', got 'l3'"):
+        pixel_loss(torch.zeros(2), torch.zeros(2), "l3")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- adversarial losses
+
+
+def test_smoothed_bce_reproduces_targets_by_hand():
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([-3.0, 0.0])
+    loss = d_loss_smoothed_bce(real, fake, torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)
+    n_real, n_fake = torch.randn(3, generator=g).tolist(), torch.randn(2, generator=g).tolist()
+    t_real = [max(1.0 - abs(0.15 * n), 0.7) for n in n_real]
+    t_fake = [min(abs(0.15 * n), 0.3) for n in n_fake]
+    real_term = sum(_bce(x, t) for x, t in zip(real.tolist(), t_real, strict=True)) / 3
+    fake_term = sum(_bce(x, t) for x, t in zip(fake.tolist(), t_fake, strict=True)) / 2
+    assert loss.item() == pytest.approx(0.5 * (real_term + fake_term), rel=1e-6)
+    # The same seed gives the same loss; another seed another one.
+    assert d_loss_smoothed_bce(real, fake, torch.Generator().manual_seed(7)).item() == loss.item()
+    assert d_loss_smoothed_bce(real, fake, torch.Generator().manual_seed(8)).item() != loss.item()
+
+
+def test_smoothed_targets_ranges_and_clamps():
+    logits = torch.zeros(20000)
+    real_t, fake_t = smoothed_targets(logits, logits, torch.Generator().manual_seed(0))
+    assert real_t.min().item() == pytest.approx(0.7) and real_t.max().item() <= 1.0
+    assert fake_t.max().item() == pytest.approx(0.3) and fake_t.min().item() >= 0.0
+    # |N(0, 0.15)| exceeds 0.3 with probability 4.6%: those are the clamped ones.
+    assert 0.03 < (real_t == 0.7).float().mean().item() < 0.06
+    assert 0.03 < (fake_t == 0.3).float().mean().item() < 0.06
+    assert fake_t.mean().item() == pytest.approx(0.15 * math.sqrt(2 / math.pi), abs=3e-3)
+
+
+def test_hinge_and_non_saturating_values():
+    real, fake = torch.tensor([0.5, 2.0]), torch.tensor([-2.0, 0.5])
+    # relu(1 - real) = [0.5, 0] -> 0.25; relu(1 + fake) = [0, 1.5] -> 0.75; averaged -> 0.5
+    assert d_loss_hinge(real, fake).item() == pytest.approx(0.5)
+    assert g_loss_hinge(fake).item() == pytest.approx(0.75)
+    # -log sigmoid(0) = log 2, -log sigmoid(log 3) = log(4/3)
+    ns = g_loss_non_saturating(torch.tensor([0.0, math.log(3.0)]))
+    assert ns.item() == pytest.approx(0.5 * math.log(8.0 / 3.0), rel=1e-6)
+    assert g_loss_non_saturating(torch.tensor([-100.0])).item() == pytest.approx(100.0)  # stable, not inf
+    assert discriminator_loss("hinge", real, fake).item() == pytest.approx(0.5)
+    assert generator_adversarial_loss("bce", torch.tensor([0.0])).item() == pytest.approx(math.log(2.0))
+    with pytest.raises(ValueError, match="'bce' or 'hinge', got 'wgan'"):
+        discriminator_loss("wgan", real, fake)  # type: ignore[arg-type]
+
+
+def test_lecam_ema_and_penalty_after_two_updates():
+    lecam = LeCam()  # decay 0.999
+    lecam.update(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0]))  # the first copies: 2, -2
+    assert (lecam.ema_real.item(), lecam.ema_fake.item()) == (2.0, -2.0)
+    real, fake = torch.tensor([4.0, 6.0]), torch.tensor([0.0, 2.0])
+    lecam.update(real, fake)  # means 5 and 1
+    ema_real, ema_fake = 0.999 * 2 + 0.001 * 5, 0.999 * -2 + 0.001 * 1  # 2.003, -1.997
+    assert lecam.ema_real.item() == pytest.approx(ema_real)
+    assert lecam.ema_fake.item() == pytest.approx(ema_fake)
+    # relu(real - ema_fake) = [5.997, 7.997]; relu(ema_real - fake) = [2.003, 0.003]
+    expected = (5.997**2 + 7.997**2) / 2 + (2.003**2 + 0.003**2) / 2
+    assert lecam.penalty(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    # Buffers: the EMAs are checkpointed and restored.
+    restored = LeCam()
+    restored.load_state_dict(lecam.state_dict())
+    assert restored.penalty(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    assert restored.num_updates.item() == 2
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\), got 1.0"):
+        LeCam(1.0)
+
+
+def test_r1_penalty_on_linear_and_quadratic_discriminators():
+    w = torch.randn(3, 2, 2, 2, requires_grad=True)
+    x = torch.randn(4, 3, 2, 2, 2, requires_grad=True)
+    logits = (x * w).flatten(1).sum(1)  # linear: the gradient is w for every sample
+    penalty = r1_penalty(logits, x)
+    assert penalty.item() == pytest.approx(w.pow(2).sum().item(), rel=1e-6)
+    (grad_w,) = torch.autograd.grad(penalty, w)  # create_graph: it trains the discriminator
+    torch.testing.assert_close(grad_w, 2 * w.detach())
+
+    logits = x.pow(2).flatten(1).sum(1)  # quadratic: gradient 2x, penalty mean_b 4 ||x_b||^2
+    expected = (4 * x.detach().pow(2).flatten(1).sum(1)).mean()
+    assert r1_penalty(logits, x).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    with pytest.raises(ValueError, match="requires_grad=True"):
+        r1_penalty(torch.zeros(2), torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------------------------------ discriminator
+
+SMALL = DiscriminatorConfig(width=32, heads=2, depth=2, temporal_patch=2, patch=4, frames=4, size=8)
+
+
+def test_discriminator_shape_and_time_order():
+    disc = VideoDiscriminator(SMALL).eval()
+    video = torch.rand(3, 3, 4, 8, 8)
+    logits = disc(video)
+    assert logits.shape == (3,)
+    reversed_logits = disc(video.flip(2))
+    assert (logits - reversed_logits).abs().min().item() > 1e-4
+    # Each clip is scored on its own (no mixing across the batch).
+    torch.testing.assert_close(disc(video[1:2]), logits[1:2])
+
+
+def test_discriminator_matches_its_definition():
+    disc = VideoDiscriminator(SMALL).eval()
+    video = torch.rand(2, 3, 4, 8, 8)
+    # By hand: patches of the [-1, 1] video + fixed PE, CLS first without PE, blocks, norm, head on CLS.
+    x = disc.patch_embed.proj(video * 2 - 1).flatten(2).transpose(1, 2) + sincos_3d(32, 2, 2, 2)
+    x = torch.cat([disc.cls_token.expand(2, -1, -1), x], dim=1)
+    for block in disc.blocks:
+        x = block(x)
+    expected = disc.head(disc.norm(x[:, 0]))[:, 0]
+    torch.testing.assert_close(disc(video), expected)
+    assert all(b.attn.qkv.bias is None for b in disc.blocks)  # qkv bias off
+    assert "pos_embed" not in disc.state_dict()  # fixed, rebuilt from the config
+    assert disc.cls_token.shape == (1, 1, 32)
+
+
+def test_discriminator_bad_input_and_config():
+    disc = VideoDiscriminator(SMALL)
+    with pytest.raises(ValueError, match=r"expects \(B, 3, 4, 8, 8\) videos in \[0, 1\], got \(1, 3, 5, 8, 8\)"):
+        disc(torch.rand(1, 3, 5, 8, 8))
+    with pytest.raises(ValueError, match="width 30 is not divisible by its 4 heads"):
+        DiscriminatorConfig(width=30, heads=4)
+    with pytest.raises(ValueError, match="frames 6 are not divisible by its temporal patch 4"):
+        DiscriminatorConfig(frames=6)
+    with pytest.raises(ValueError, match="size 100 is not divisible by its patch 8"):
+        DiscriminatorConfig(size=100)
+
+
+# ------------------------------------------------------------------------------------- perceptual loss
+
+
+@pytest.fixture(scope="module")
+def perceptual() -> PerceptualLoss:
+    return PerceptualLoss(pretrained_trunk=False)  # random trunk: runs offline
+
+
+def test_perceptual_zero_for_identical_positive_otherwise(perceptual):
+    a = torch.rand(2, 3, 2, 32, 32)
+    assert perceptual(a, a.clone()).item() == 0.0
+    b = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert perceptual(a, b).item() > 0.0
+
+
+def test_perceptual_folds_time_into_the_batch(perceptual):
+    a, b = torch.rand(2, 3, 3, 32, 32), torch.rand(2, 3, 3, 32, 32)
+    per_frame = [perceptual.lpips(a[i, :, t], b[i, :, t], normalize=True).item()
+                 for i in range(2) for t in range(3)]
+    assert perceptual(a, b).item() == pytest.approx(sum(per_frame) / 6, rel=1e-5)
+    with pytest.raises(ValueError, match=r"two \(B, 3, T, H, W\) videos of the same shape"):
+        perceptual(a, b[:, :, :2])
+
+
+def test_perceptual_is_frozen_but_passes_gradient(perceptual):
+    assert not any(p.requires_grad for p in perceptual.parameters())
+    perceptual.train()
+    assert not perceptual.training and not perceptual.lpips.training  # dropout stays off
+    a = torch.rand(1, 3, 1, 32, 32, requires_grad=True)
+    perceptual(a, torch.rand(1, 3, 1, 32, 32)).backward()
+    assert a.grad is not None and a.grad.abs().sum().item() > 0
+
+
+def test_vgg_trunk_state_maps_torchvision_names(perceptual):
+    trunk = perceptual.lpips.net
+    # torchvision names: features.{index in vgg16().features}.{weight|bias}
+    vgg = {f"features.{k.split('.', 1)[1]}": torch.randn_like(v) for k, v in trunk.state_dict().items()}
+    vgg["classifier.0.weight"] = torch.zeros(1)  # extra keys are ignored
+    mapped = vgg_trunk_state(trunk, vgg)
+    assert mapped.keys() == trunk.state_dict().keys()
+    assert torch.equal(mapped["slice5.28.weight"], vgg["features.28.weight"])
+    assert torch.equal(mapped["slice1.0.bias"], vgg["features.0.bias"])
+    del vgg["features.0.weight"]
+    with pytest.raises(ValueError, match="missing 'features.0.weight'.*'slice1.0.weight'"):
+        vgg_trunk_state(trunk, vgg, "f.pth")
+    vgg["features.0.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"'features.0.weight' has shape \(2, 2\), expected \(64, 3, 3, 3\)"):
+        vgg_trunk_state(trunk, vgg, "f.pth")
+
+
+# ------------------------------------------------------------------------------------------ VGG weights
+
+
+def _checkpoints(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.delenv("TORCH_HUB", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_require_vgg_weights_missing(tmp_path, monkeypatch):
+    folder = _checkpoints(tmp_path, monkeypatch)
+    with pytest.raises(FileNotFoundError) as err:
+        require_vgg_weights()
+    message = str(err.value)
+    for part in (VGG16_FILE, str(folder), VGG16_URL, "perceptual_weight=0"):
+        assert part in message
+    # PerceptualLoss fails the same way, before building anything; it never downloads.
+    with pytest.raises(FileNotFoundError, match=VGG16_FILE):
+        PerceptualLoss()
+    assert not folder.exists()
+
+
+def test_require_vgg_weights_present_and_wrong_size(tmp_path, monkeypatch):
+    folder = _checkpoints(tmp_path, monkeypatch)
+    folder.mkdir(parents=True)
+    path = folder / VGG16_FILE
+    with open(path, "wb") as f:
+        f.truncate(VGG16_BYTES)  # sparse: no disk used
+    assert require_vgg_weights() == path
+    # A file of the right size that is not a state dict: a clear error naming it.
+    with pytest.raises(ValueError, match=f"could not read the VGG-16 weights {path}"):
+        PerceptualLoss()
+    with open(path, "wb") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match=f"has 1,000 bytes, expected {VGG16_BYTES:,}"):
+        require_vgg_weights()
+
+
+def test_perceptual_loads_the_trunk_from_the_cache(tmp_path, monkeypatch, perceptual):
+    folder = _checkpoints(tmp_path, monkeypatch)
+    folder.mkdir(parents=True)
+    path = folder / VGG16_FILE
+    trunk = {f"features.{k.split('.', 1)[1]}": torch.randn_like(v)
+             for k, v in perceptual.lpips.net.state_dict().items()}
+    torch.save(trunk, path)  # the trunk only: smaller than the real file, so accept its size
+    monkeypatch.setattr(losses, "VGG16_BYTES", path.stat().st_size)
+    built = []
+
+    def fast_lpips(**kwargs):  # building VGG-16 takes seconds: copy the fixture's random-trunk model
+        built.append(kwargs)
+        return copy.deepcopy(perceptual.lpips)
+
+    monkeypatch.setattr(lpips, "LPIPS", fast_lpips)
+    loaded = PerceptualLoss()
+    assert built == [dict(net="vgg", version="0.1", pnet_rand=True, verbose=False)]
+    assert torch.equal(loaded.lpips.net.slice3.get_submodule("14").weight, trunk["features.14.weight"])
+    # The linear heads come from the lpips wheel, as with the random trunk.
+    assert torch.equal(loaded.lpips.lin2.model[1].weight, perceptual.lpips.lin2.model[1].weight)
