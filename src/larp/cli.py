@@ -12,17 +12,26 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import commands as data_commands
+    from .eval import commands as eval_commands
+    from .train import commands as train_commands
 
     parser = argparse.ArgumentParser(prog="larp", description="LARP video tokenizer and AR video generator.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (data_commands,):
+    for module in (data_commands, eval_commands, train_commands):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may sit anywhere after the sub-command (argparse stops collecting positionals
+    # at the first option), so gather the leftovers here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
