@@ -63,3 +63,24 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(fvd, "_download_dropbox", offline)
     monkeypatch.setattr(fvd, "_download_hf", offline)
+
+
+@pytest.fixture(scope="session")
+def tiny_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five 12-frame 48x40 mp4 videos of moving coloured gradients in two class folders, plus data.csv."""
+    from larp.data.prepare import VideoRow, write_csv
+    from larp.data.video_io import write_mp4
+
+    root = tmp_path_factory.mktemp("videos")
+    rows = []
+    ramp = torch.linspace(0, 1, 48)
+    for i in range(5):
+        action = ("a", "b")[i % 2]
+        t = torch.arange(12, dtype=torch.float32)[:, None, None]
+        wave = (ramp[None, None, :] + 0.07 * (i + 1) * t) % 1.0  # (T, 1, W), moves over time
+        video = torch.stack([wave.expand(12, 40, 48), torch.full((12, 40, 48), 0.2 * i),
+                             (1 - wave).expand(12, 40, 48) * 0.8], dim=0)
+        path = write_mp4(root / action / f"v{i}.mp4", video)
+        rows.append(VideoRow(id=f"v{i}", path=str(path), action=action, label=i % 2))
+    write_csv(root / "data.csv", rows)
+    return root
