@@ -35,7 +35,8 @@ class ModelSpec:
 
 @dataclass
 class DataConfig:
-    train_csv: str = ""  # metadata CSV (id,path,action,label); relative to the recipe's working directory
+    # Metadata CSV(s) (id,path,action,label); several are concatenated (e.g. Kinetics-600 + UCF-101).
+    train_csv: str | list[str] = ""
     val_csv: str = ""
     token_cache: str = ""  # AR only: a folder written by `larp tokenize-dataset`, used instead of train_csv
     num_frames: int = 16

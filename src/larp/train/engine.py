@@ -158,6 +158,7 @@ class MetricsLogger:
         self.tb = self.wandb = None
         if not enabled:
             return
+        out_dir.mkdir(parents=True, exist_ok=True)
         if run.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

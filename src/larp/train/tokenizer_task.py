@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ..data.datasets import VideoCSVDataset
+from ..data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
 from ..data.video_io import write_gif, write_png_grid
 from ..eval.metrics import psnr, ssim
 from ..losses import (
@@ -27,7 +28,7 @@ from ..losses import (
 )
 from ..models.tokenizer import LARPTokenizer
 from .codebook import AntiCollapse, CodebookMonitor
-from .config import OptimConfig, TokenizerTrainConfig
+from .config import DataConfig, OptimConfig, TokenizerTrainConfig
 from .engine import TrainContext
 
 
@@ -63,6 +64,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def training_videos(data: DataConfig, seed: int) -> VideoClipDataset:
+    """Random training clips from one or several metadata CSVs (concatenated)."""
+    csvs = [data.train_csv] if isinstance(data.train_csv, str) else list(data.train_csv)
+    rows = [row for csv in csvs for row in read_video_csv(csv)]
+    return VideoClipDataset(rows, data.num_frames, data.size, train=True, seed=seed,
+                            max_bad_fraction=data.max_bad_fraction)
+
+
 class TokenizerTask:
     def __init__(self, recipe: TokenizerTrainConfig, ctx: TrainContext):
         self.recipe, self.ctx = recipe, ctx
@@ -76,8 +85,7 @@ class TokenizerTask:
                              f"{mc.frame_num}x{mc.input_size}x{mc.input_size}")
         if not data.train_csv:
             raise ValueError("data.train_csv is required (a metadata CSV id,path,action,label)")
-        self.train_set = VideoCSVDataset(data.train_csv, data.num_frames, data.size, train=True, seed=run.seed,
-                                         max_bad_fraction=data.max_bad_fraction)
+        self.train_set = training_videos(data, run.seed)
         if not data.flip:
             self.train_set.transform.flip_p = 0.0
         self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed)
@@ -122,7 +130,7 @@ class TokenizerTask:
         torch.manual_seed(run.seed + 7919 * ctx.rank)  # ranks draw different codes and dropout masks
 
     # -------------------------------------------------------------------------------------- engine API
-    def train_dataset(self) -> VideoCSVDataset:
+    def train_dataset(self) -> VideoClipDataset:
         return self.train_set
 
     def _clip(self, params: Any, opt: torch.optim.Optimizer) -> float:
@@ -173,7 +181,15 @@ class TokenizerTask:
             self.ema.update(self.model)
         if out.prior is not None:
             metrics["prior_top1"] = float(out.prior.top1)
-        metrics.update(self.anti.after_step(step, out.indices, self.opt_g))
+        indices = out.indices
+        if ctx.distributed:  # every rank counts every rank's codes, so they agree on usage and dead codes
+            gathered = [torch.empty_like(indices) for _ in range(ctx.world_size)]
+            dist.all_gather(gathered, indices.contiguous())  # (gloo has no all_gather_into_tensor)
+            indices = torch.stack(gathered)
+        metrics.update(self.anti.after_step(step, indices, self.opt_g))
+        if ctx.distributed and self.recipe.codebook.dead_code_steps > 0:
+            # Re-initialised rows come from each rank's own latents: take rank 0's everywhere.
+            dist.broadcast(self.model.bottleneck.regularizer.embedding.weight.data, src=0)
         if gan_on and step % loss_cfg.disc_every == 0:
             metrics.update(self._disc_step(video, recon.detach()))
         self.scaler.update()

@@ -1,0 +1,196 @@
+"""The tokenizer trainer: exact resume, signals, NaN, damaged checkpoints, recipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from larp import LARPTokenizer
+from larp.config_utils import ConfigError
+from larp.train import checkpoint as ckpt
+from larp.train.config import TokenizerTrainConfig, load_recipe
+from larp.train.engine import Engine, TrainingDiverged, TrainingInterrupted
+from larp.train.run import RunFolderError, prepare_run_folder, train
+from larp.train.tokenizer_task import TokenizerTask
+from tests.train.conftest import tiny_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def final_state(out_dir: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_checkpoint(ckpt.list_checkpoints(out_dir / "checkpoints")[-1])["task"]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    for part in ("model", "disc", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    full = tiny_recipe(tiny_data, tmp_path / "full")
+    train(full, TokenizerTask)
+
+    # Same run, interrupted by SIGINT during step 3 (as Ctrl-C would): a checkpoint is written, then resumed.
+    part = tiny_recipe(tiny_data, tmp_path / "part")
+    original = TokenizerTask.train_step
+
+    def interrupting_step(self, batch, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, step)
+
+    monkeypatch.setattr(TokenizerTask, "train_step", interrupting_step)
+    with pytest.raises(TrainingInterrupted, match="stopped by signal .* at step 4"):
+        train(part, TokenizerTask)
+    assert (tmp_path / "part" / "checkpoints" / "step_00000004").is_dir()
+    monkeypatch.setattr(TokenizerTask, "train_step", original)
+    with pytest.raises(RunFolderError, match="--resume"):
+        train(part, TokenizerTask)
+    train(part, TokenizerTask, resume=True)
+
+    a, b = final_state(tmp_path / "full"), final_state(tmp_path / "part")
+    assert_same_state(a, b)
+    assert torch.equal(a["opt_g"]["state"][0]["exp_avg"], b["opt_g"]["state"][0]["exp_avg"])
+    # The exported model loads with the public API and equals the EMA weights.
+    model = LARPTokenizer.from_pretrained(tmp_path / "part" / "model")
+    assert all(torch.equal(v, b["ema"]["module." + k]) for k, v in model.state_dict().items())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    recipe = tiny_recipe(tiny_data, tmp_path / "nan")
+    original = LARPTokenizer.decode_latents
+
+    def poisoned(self, quantized):
+        out = original(self, quantized)
+        return out * float("nan") if self.training and poisoned.calls >= 3 else out
+
+    poisoned.calls = 0
+
+    def counting(self, *args, **kwargs):
+        poisoned.calls += 1
+        return poisoned_forward(self, *args, **kwargs)
+
+    poisoned_forward = LARPTokenizer.forward
+    monkeypatch.setattr(LARPTokenizer, "decode_latents", poisoned)
+    monkeypatch.setattr(LARPTokenizer, "forward", counting)
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
+        train(recipe, TokenizerTask)
+    folders = ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")
+    assert [f.name for f in folders] == ["step_00000002"]
+    state = ckpt.load_checkpoint(folders[0])["task"]
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    root = tmp_path / "ck"
+    ckpt.save_checkpoint(root, 1, {"w": torch.ones(3), "n": 1})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(root, 2, {"w": torch.zeros(3), "n": 2})
+    assert [p.name for p in root.iterdir()] == ["step_00000001"]  # no partial folder left behind
+    assert torch.equal(ckpt.load_checkpoint(root / "step_00000001")["w"], torch.ones(3))
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    root = tmp_path / "ck"
+    ckpt.save_checkpoint(root, 1, {"w": torch.ones(3)})
+    ckpt.save_checkpoint(root, 2, {"w": torch.zeros(3)})
+    tensors = root / "step_00000002" / ckpt.TENSORS
+    tensors.write_bytes(tensors.read_bytes()[:20])
+    with pytest.raises(Exception, match="tensors.safetensors is truncated or corrupted"):
+        ckpt.load_checkpoint(root / "step_00000002")
+    folder, state = ckpt.load_latest(root)
+    assert folder.name == "step_00000001" and torch.equal(state["w"], torch.ones(3))
+    assert "skipping damaged checkpoint" in caplog.text and "step_00000002" in caplog.text
+
+
+def test_checkpoint_round_trip_keeps_types(tmp_path):
+    state = {"a": (1, 2.5, "x", None), "b": [torch.arange(3), {"c": True}], 7: {"d": torch.zeros(2, 2)}}
+    ckpt.save_checkpoint(tmp_path, 3, state)
+    back = ckpt.load_checkpoint(tmp_path / "step_00000003")
+    assert back["a"] == (1, 2.5, "x", None) and back["b"][1] == {"c": True}
+    assert torch.equal(back["b"][0], torch.arange(3)) and torch.equal(back[7]["d"], torch.zeros(2, 2))
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    for step in range(1, 6):
+        ckpt.save_checkpoint(tmp_path, step, {"w": torch.ones(1) * step})
+    ckpt.prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
+
+
+@pytest.mark.parametrize("prior_weight, moved", [(1.0, True), (0.0, False)])
+def test_prior_loss_alone_moves_the_encoder_only_when_weighted(tiny_data, tmp_path, prior_weight, moved):
+    recipe = tiny_recipe(tiny_data, tmp_path / "p", "loss.pixel_weight=0", "loss.vq_weight=0",
+                         "loss.gan_weight=0", f"loss.prior_weight={prior_weight}", "run.ema_decay=0")
+    from larp.train.engine import SeededItems, setup_context
+
+    task = TokenizerTask(recipe, setup_context(recipe.run))
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    items = SeededItems(task.train_set)
+    batch = torch.utils.data.default_collate([items[(0, 1)], items[(1, 2)]])
+    task.train_step(batch, 0)
+    after = task.model.state_dict()
+    for name in ("encoder_latent_query_embed", "bottleneck.regularizer.embedding.weight",
+                 "encoder.blocks.0.attn.qkv.weight"):
+        assert (not torch.equal(before[name], after[name])) == moved, name
+    assert torch.equal(before["final_layer.linear.weight"], after["final_layer.linear.weight"])
+
+
+def test_recipes_reject_unknown_keys_and_validate_the_model(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 1e-4\n  learning_rate: 3\n")
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['learning_rate'\]"):
+        load_recipe(TokenizerTrainConfig, bad)
+    with pytest.raises(ConfigError, match="unknown key 'run.max_step'"):
+        load_recipe(TokenizerTrainConfig, None, ["run.max_step=3"])
+    with pytest.raises(ConfigError, match="unknown key.*encoder_dept"):
+        load_recipe(TokenizerTrainConfig, None, ["model.config.encoder_dept=3"])
+    with pytest.raises(ConfigError, match="unknown tokenizer preset 'nope'"):
+        load_recipe(TokenizerTrainConfig, None, ["model.preset=nope"])
+    recipe = load_recipe(TokenizerTrainConfig, None, ["model.preset=larp-tiny", "model.config.encoder_depth=3",
+                                                      "optim.betas=[0.9, 0.99]"])
+    assert recipe.model_config().encoder_depth == 3 and recipe.optim.betas == (0.9, 0.99)
+
+
+@pytest.mark.parametrize("name", ["larp_l_long.yaml", "tiny_synthetic.yaml"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(TokenizerTrainConfig, REPO / "configs" / name)
+    assert recipe.model_config().prior_model.enabled
+
+
+def test_released_recipe_matches_the_spec():
+    r = load_recipe(TokenizerTrainConfig, REPO / "configs" / "larp_l_long.yaml")
+    c = r.model_config()
+    assert (c.bottleneck_token_num, c.codebook_size, c.bottleneck_dim, c.input_size, c.frame_num) == (
+        1024, 8192, 16, 128, 16)
+    assert (r.loss.perceptual_weight, r.loss.gan_weight, r.loss.vq_weight, r.loss.prior_weight) == (1, 0.3, 0.1, 0.06)
+    assert (r.optim.lr, r.optim.betas, r.optim.prior_lr_mult, r.discriminator.lr) == (1e-4, (0.5, 0.9), 50, 3e-5)
+    assert r.loss.disc_every == 5 and r.loss.lecam_weight == 0.001 and r.run.precision == "bf16"
+    assert r.codebook.final_layer_init_std is None and not r.codebook.init_from_encoder  # released init
+
+
+def test_run_folder_refuses_to_mix_runs(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        prepare_run_folder(tmp_path / "run", resume=False, overwrite=False)
+    prepare_run_folder(tmp_path / "run", resume=False, overwrite=True)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_engine_refuses_a_dataset_smaller_than_a_batch(tiny_data, tmp_path):
+    recipe = tiny_recipe(tiny_data, tmp_path / "small", "data.batch_size=64")
+    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+        train(recipe, TokenizerTask)
+    assert isinstance(Engine, type)
