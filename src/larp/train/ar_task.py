@@ -1,0 +1,170 @@
+"""One step of AR training (spec section 3): class-conditional or frame prediction, from a token cache or
+from clips encoded on the fly by the frozen tokenizer (deterministic codes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.datasets import VideoCSVDataset
+from ..data.token_cache import TokenCacheDataset, pad_context
+from ..data.video_io import write_gif, write_png_grid
+from ..models.ar import LARPAR
+from ..models.tokenizer import LARPTokenizer
+from ..sampling import generate
+from .config import ARTrainConfig
+from .engine import TrainContext
+from .tokenizer_task import make_ema, make_scheduler, training_videos
+
+
+def check_pair(tokenizer: LARPTokenizer, ar: LARPAR) -> None:
+    """Raise when the AR model cannot run on this tokenizer's tokens."""
+    cfg = ar.config
+    if cfg.vocab_size != tokenizer.codebook_size:
+        raise ValueError(f"the AR model's vocabulary ({cfg.vocab_size}) differs from the tokenizer's codebook "
+                         f"({tokenizer.codebook_size})")
+    if cfg.max_seq_len != tokenizer.num_tokens:
+        raise ValueError(f"the AR model generates {cfg.max_seq_len} tokens but the tokenizer uses "
+                         f"{tokenizer.num_tokens} per clip")
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on the weights of Linear layers only (not embeddings, norms, PE)."""
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    with_decay = [p for p in model.parameters() if id(p) in decay]
+    without = [p for p in model.parameters() if id(p) not in decay]
+    return [{"params": with_decay, "weight_decay": weight_decay}, {"params": without, "weight_decay": 0.0}]
+
+
+class ARTask:
+    def __init__(self, recipe: ARTrainConfig, ctx: TrainContext):
+        self.recipe, self.ctx = recipe, ctx
+        run, data, o = recipe.run, recipe.data, recipe.optim
+        torch.manual_seed(run.seed)
+        self.model = LARPAR(recipe.model_config()).to(ctx.device)
+        self.fp = self.model.config.frame_prediction
+        self.tokenizer: LARPTokenizer | None = None
+        if recipe.tokenizer.path:
+            self.tokenizer = LARPTokenizer.from_pretrained(recipe.tokenizer.path).to(ctx.device).eval()
+            self.tokenizer.requires_grad_(False)
+            check_pair(self.tokenizer, self.model)
+        if data.token_cache:
+            self.train_set: Any = TokenCacheDataset(data.token_cache)
+            meta = self.train_set.meta
+            if (meta.codebook_size, meta.num_tokens) != (self.model.config.vocab_size, self.model.config.max_seq_len):
+                raise ValueError(f"token cache {data.token_cache} holds {meta.num_tokens} tokens of a "
+                                 f"{meta.codebook_size}-code book; the AR model expects {self.model.config.max_seq_len} "
+                                 f"of {self.model.config.vocab_size}")
+            if self.fp and meta.fp_context_frames != recipe.num_cond_frames:
+                raise ValueError(f"token cache {data.token_cache} stores {meta.fp_context_frames} context frames, "
+                                 f"the recipe asks for num_cond_frames={recipe.num_cond_frames}")
+        else:
+            if self.tokenizer is None or not data.train_csv:
+                raise ValueError("AR training needs data.token_cache, or tokenizer.path and data.train_csv to "
+                                 "encode clips on the fly")
+            self.train_set = training_videos(data, run.seed)
+            if not data.flip:
+                self.train_set.transform.flip_p = 0.0
+        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed)
+                        if data.val_csv and self.tokenizer is not None else None)
+        self.ema = make_ema(self.model, run.ema_decay)
+        self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
+        self.sched = make_scheduler(self.opt, o, run.max_steps)
+        self.scaler = ctx.grad_scaler()
+        self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
+        torch.manual_seed(run.seed + 7919 * ctx.rank)
+
+    def train_dataset(self) -> Any:
+        return self.train_set
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, N), cond) for a batch of cache entries or of clips."""
+        dev = self.ctx.device
+        if "tokens" in batch:
+            tokens = batch["tokens"].to(dev)
+            cond = batch["cond"].to(dev) if self.fp else batch["label"].to(dev)
+        else:
+            video = batch["video"].to(dev)
+            tokens = self.tokenizer.encode(video, deterministic=True)
+            cond = (self.tokenizer.encode(pad_context(video, self.recipe.num_cond_frames), deterministic=True)
+                    if self.fp else batch["label"].to(dev))
+        if self.fp:
+            sep = torch.full((cond.shape[0], 1), self.model.config.separator_id, dtype=cond.dtype, device=dev)
+            cond = torch.cat([cond, sep], dim=1)
+        return tokens, cond
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        tokens, cond = self.encode_batch(batch)
+        self.model.train()
+        with self.ctx.autocast():
+            logits = self.train_model(tokens, cond)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        metrics = {"loss": float(loss.detach())}
+        if metrics["loss"] != metrics["loss"] or abs(metrics["loss"]) == float("inf"):
+            return metrics
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        if self.recipe.optim.grad_clip > 0:
+            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        metrics["lr"] = self.sched.get_last_lr()[0]
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
+        """Validation loss / accuracy on fixed clips, and a few samples as pictures."""
+        if self.val_set is None:
+            return {}
+        model = self.ema.module if self.ema is not None else self.model
+        was = model.training
+        model.eval()
+        n = min(self.recipe.data.val_clips, len(self.val_set))
+        bs = self.recipe.data.batch_size
+        total, correct, count = 0.0, 0.0, 0
+        cond_first = None
+        for start in range(0, n, bs):
+            items = [self.val_set[i] for i in range(start, min(start + bs, n))]
+            batch = {"video": torch.stack([it["video"] for it in items]),
+                     "label": torch.tensor([it["label"] for it in items])}
+            tokens, cond = self.encode_batch(batch)
+            logits = model.logits(tokens, cond).float()
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="sum"))
+            correct += float((logits.argmax(-1) == tokens).sum())
+            count += tokens.numel()
+            cond_first = cond[:4] if cond_first is None else cond_first
+        sample_cfg = 1.0 if self.fp else 1.5 if self.model.config.class_dropout_prob > 0 else 1.0
+        samples = generate(model, cond_first, cfg_scale=sample_cfg,
+                           generator=torch.Generator(self.ctx.device).manual_seed(step))
+        videos = self.tokenizer.decode(samples).float().clamp(0, 1).cpu()
+        write_png_grid(out_dir / "samples" / f"ar_step{step:08d}.png", videos)
+        write_gif(out_dir / "samples" / f"ar_step{step:08d}.gif", videos)
+        model.train(was)
+        return {"val/loss": total / count, "val/token_acc": correct / count}
+
+    def export(self, folder: Path) -> None:
+        (self.ema.module if self.ema is not None else self.model).save_pretrained(folder)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                 "scaler": self.scaler.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
