@@ -1,0 +1,616 @@
+"""Sampling jobs (`larp sample`): class-conditional or frame-prediction videos, sharded, with FVD.
+
+A job makes `num_samples_total` samples; each run makes one shard [starting_index, starting_index +
+num_samples) of it. Sample i follows real clip i of the job: the clips are non-overlapping T-frame chunks
+of the dataset CSV's videos drawn with `random.Random(dataset_split_seed)` (the paper's gFVD protocol,
+`larp.eval.protocols.ucf_gfvd_chunks`). The clip gives the sample's class label (class-conditional) or its
+context frames (frame prediction), and is the real sample of the FVD.
+
+Reproducibility: batches lie on a grid over the whole job, [k*B, (k+1)*B), and batch k samples with a
+generator seeded from (seed, k*B). A shard starting inside a grid batch computes that whole batch and keeps
+its own rows, so every sample comes out of the same computation however the job is sharded. The batch
+size is therefore part of the job, like the seed and the sampling settings.
+
+output_dir/
+  job.json                 the job's settings; every shard must match them
+  clips.json               the real clips (cache of the chunk index)
+  samples/{i:06d}_class{label}.mp4
+  overview/shard_{s}_{e}.gif, .png   the shard's first samples (frame prediction: real above generated)
+  tokens/shard_{s}_{e}.npz  index, label, cond, tokens of the shard
+  stats/shard_{s}_{e}_{real|fake}.npz, then stats/shard_{s}_{e}.done.json (written last)
+  fvd.lock, fvd.json, stats/real.npz, stats/fake.npz, fvd_report.csv   once all shards are done
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from tqdm import tqdm
+
+from .data.datasets import read_video_csv
+from .data.video_io import write_gif, write_mp4, write_png_grid
+from .eval import fvd as fvd_lib
+from .eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
+from .models.ar import LARPAR
+from .models.hub import atomic_write_bytes
+from .models.tokenizer import LARPTokenizer
+from .sampling import frame_prediction_condition, generate
+
+FPS = 25  # the reference release writes its samples at 25 fps (UCF-101's and Kinetics' native rate)
+FP_FVD_SIZE = 64  # frame prediction protocol: prediction and ground truth go to 64x64 before the detector
+OVERVIEW_SAMPLES = 8
+LOCK_STALE_SECONDS = 600.0  # merging takes seconds; a lock this old belongs to a process that died
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+REPORT_COLUMNS = ("finished", "ar_model", "tokenizer", "num_samples", "fp", "num_cond_frames", "cfg_scale",
+                  "cfg_interval", "temperature", "top_k", "top_p", "dtype", "seed", "dataset_csv",
+                  "dataset_split_seed", "nll_sampled", "fvd")
+_MARKER = re.compile(r"shard_(\d+)_(\d+)\.done\.json")
+
+
+@dataclass
+class SampleConfig:
+    """The options of `larp sample` (the reference `sample.py` names)."""
+
+    ar_model: str
+    tokenizer: str
+    output_dir: str
+    dataset_csv: str
+    num_samples: int = 1024
+    sample_batch_size: int = 32
+    cfg_scale: float = 1.0
+    cfg_interval: int = -1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    dtype: str | None = None  # None: bfloat16 on CUDA (the reference's choice), float32 elsewhere
+    dataset_split_seed: int = 42
+    fp: bool = False
+    num_cond_frames: int | None = None
+    num_samples_total: int | None = None  # None: this run is the whole job
+    starting_index: int = 0
+    seed: int = 0
+    device: str = "auto"
+    i3d_path: str | None = None
+    no_fvd: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.num_samples if self.num_samples_total is None else self.num_samples_total
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.starting_index, self.starting_index + self.num_samples
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard, as its marker file records it."""
+
+    start: int
+    end: int
+    nll_sum: float
+
+
+@dataclass
+class SamplePlan:
+    """Everything a shard needs, checked: models, clips, detector, the resolved job."""
+
+    cfg: SampleConfig
+    out: Path
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: LARPTokenizer
+    ar: LARPAR
+    clips: list[Chunk]
+    extractor: fvd_lib.I3DFeatureExtractor | None
+    job: dict[str, Any]
+    done: bool  # this shard finished in an earlier run
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+def batch_seed(seed: int, batch_start: int) -> int:
+    """The generator seed of the grid batch starting at `batch_start` (a 63-bit mix of both numbers)."""
+    state = np.random.SeedSequence([seed, batch_start]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def grid_batches(start: int, end: int, total: int, batch_size: int) -> list[tuple[int, int]]:
+    """The grid batches [k*B, min((k+1)*B, total)) that hold a sample of [start, end)."""
+    first = (start // batch_size) * batch_size
+    return [(b, min(b + batch_size, total)) for b in range(first, end, batch_size)]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def create_exclusive(path: Path, data: dict[str, Any]) -> bool:
+    """Write JSON to `path` only if it does not exist, atomically (hard link of a complete temp file).
+
+    Returns False when another process created it first."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: exclusive create, then write
+        try:
+            with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
+                f.write(text)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        os.remove(tmp)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _model_id(name: str) -> str:
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def shard_paths(out: Path, start: int, end: int) -> dict[str, Path]:
+    stem = f"shard_{start}_{end}"
+    return {"real": out / "stats" / f"{stem}_real.npz", "fake": out / "stats" / f"{stem}_fake.npz",
+            "marker": out / "stats" / f"{stem}.done.json", "tokens": out / "tokens" / f"{stem}.npz",
+            "gif": out / "overview" / f"{stem}.gif", "png": out / "overview" / f"{stem}.png"}
+
+
+def finished_shards(out: Path) -> list[ShardRecord]:
+    """Every finished shard of a job folder (its marker files), sorted by start."""
+    records = []
+    for path in sorted((out / "stats").glob("shard_*.done.json")):
+        match = _MARKER.fullmatch(path.name)
+        if not match:
+            continue
+        try:
+            data = json.loads(path.read_text())
+            record = ShardRecord(int(data["start"]), int(data["end"]), float(data["nll_sum"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not a valid shard marker ({exc}); delete it to rerun that shard") from exc
+        if (record.start, record.end) != (int(match[1]), int(match[2])):
+            raise ValueError(f"{path} records the shard [{record.start}, {record.end}), not its file name's")
+        records.append(record)
+    return sorted(records, key=lambda r: (r.start, r.end))
+
+
+def check_coverage(shards: list[ShardRecord], total: int) -> int:
+    """Samples of [0, total) the finished shards cover; overlapping shards are an error."""
+    for a, b in zip(shards, shards[1:], strict=False):
+        if b.start < a.end:
+            raise ValueError(f"finished shards [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap; delete the "
+                             "files of one of them (stats/, tokens/) and rerun the missing samples")
+    for s in shards:
+        if not 0 <= s.start < s.end <= total:
+            raise ValueError(f"finished shard [{s.start}, {s.end}) lies outside the job's [0, {total})")
+    return sum(s.end - s.start for s in shards)
+
+
+# ------------------------------------------------------------------------------------------ merge lock
+class MergeLock:
+    """An exclusive lock file (O_CREAT | O_EXCL) holding the owner's pid, host and time.
+
+    A lock is stale when its process is gone (same host) or it is older than `stale_after` seconds; a
+    stale lock is removed and taken. Two processes that both judge it stale at once could both take it;
+    `fvd.json` is created exclusively, so even then the FVD is reported once."""
+
+    def __init__(self, path: Path, stale_after: float = LOCK_STALE_SECONDS):
+        self.path = path
+        self.stale_after = stale_after
+        self.held = False
+        self.owner: dict[str, Any] = {}
+
+    def _read_owner(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}  # being written right now, or garbage: judged by its age alone
+
+    def is_stale(self) -> bool:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        owner = self.owner = self._read_owner()
+        if age > self.stale_after:
+            return True
+        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            try:
+                os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def acquire(self) -> bool:
+        for attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if attempt == 0 and self.is_stale():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self.path)
+                    continue
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
+            self.held = True
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self.held = False
+
+    def __enter__(self) -> MergeLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------ checks
+def check_numbers(cfg: SampleConfig) -> None:
+    """Sample counts, shard bounds and sampling settings; raises ValueError naming the option."""
+    start, end = cfg.shard
+    if cfg.num_samples < 1:
+        raise ValueError(f"--num_samples must be >= 1, got {cfg.num_samples}")
+    if cfg.starting_index < 0:
+        raise ValueError(f"--starting_index must be >= 0, got {cfg.starting_index}")
+    if end > cfg.total:
+        raise ValueError(f"this shard [{start}, {end}) (--starting_index {start} + --num_samples "
+                         f"{cfg.num_samples}) is not covered by --num_samples_total {cfg.total}: the job's "
+                         f"samples are [0, {cfg.total})")
+    if cfg.sample_batch_size < 1:
+        raise ValueError(f"--sample_batch_size must be >= 1, got {cfg.sample_batch_size}")
+    if cfg.seed < 0 or cfg.dataset_split_seed < 0:
+        raise ValueError(f"seeds must be >= 0, got --seed {cfg.seed}, --dataset_split_seed "
+                         f"{cfg.dataset_split_seed}")
+    if cfg.cfg_scale < 0 or cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise ValueError(f"expected --cfg_scale >= 0, --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1, "
+                         f"got {cfg.cfg_scale}, {cfg.temperature}, {cfg.top_k}, {cfg.top_p}")
+    if not cfg.no_fvd and cfg.total < 2:
+        raise ValueError(f"FVD needs at least 2 samples, the job has {cfg.total}; pass --no_fvd to skip it")
+    if cfg.fp:
+        if cfg.num_cond_frames is None:
+            raise ValueError("frame prediction (--fp) needs --num_cond_frames (the released setup uses 5)")
+        if cfg.cfg_scale != 1.0:
+            raise ValueError(f"frame prediction has no classifier-free guidance: --cfg_scale must be 1, "
+                             f"got {cfg.cfg_scale}")
+    elif cfg.num_cond_frames is not None:
+        raise ValueError("--num_cond_frames is for frame prediction; add --fp or leave it out")
+
+
+def check_models_fit(tokenizer: LARPTokenizer, ar: LARPAR, cfg: SampleConfig) -> None:
+    """The AR model must predict this tokenizer's codes, as many as it makes, in the asked mode."""
+    a, k, n = ar.config, tokenizer.codebook_size, tokenizer.num_tokens
+    where = f"(AR model {cfg.ar_model}, tokenizer {cfg.tokenizer})"
+    if a.vocab_size != k:
+        raise ValueError(f"the AR model's vocab_size is {a.vocab_size} but the tokenizer's codebook has {k} "
+                         f"codes; they do not fit together {where}")
+    if a.max_seq_len != n:
+        raise ValueError(f"the AR model makes max_seq_len={a.max_seq_len} tokens but the tokenizer uses {n} "
+                         f"tokens per clip; they do not fit together {where}")
+    if a.frame_prediction and not cfg.fp:
+        raise ValueError(f"{cfg.ar_model} is a frame-prediction model; pass --fp and --num_cond_frames")
+    if cfg.fp and not a.frame_prediction:
+        raise ValueError(f"--fp needs a frame-prediction AR model, but {cfg.ar_model} is class-conditional")
+    frames = tokenizer.video_shape[1]
+    if cfg.fp and not 1 <= cfg.num_cond_frames < frames:
+        raise ValueError(f"--num_cond_frames must be in [1, {frames - 1}] for this {frames}-frame tokenizer, "
+                         f"got {cfg.num_cond_frames}")
+    if not cfg.fp and cfg.cfg_scale != 1.0 and a.class_dropout_prob <= 0:
+        raise ValueError(f"--cfg_scale {cfg.cfg_scale} needs a model trained with a null class "
+                         f"(class_dropout_prob > 0); {cfg.ar_model} has none, use --cfg_scale 1")
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None:
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                         "use --dtype float32")
+    return dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _check_autocast_works(ar: LARPAR, cond: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+    """Autocast support differs between devices and torch builds: try one token before the real work."""
+    if dtype == torch.float32:
+        return
+    try:
+        with _autocast(device, dtype):
+            generate(ar, cond[:1], num_tokens=1)
+    except RuntimeError as exc:
+        raise ValueError(f"--dtype {str(dtype).removeprefix('torch.')} does not work on {device} with torch "
+                         f"{torch.__version__} ({exc}); use --dtype float32") from exc
+
+
+# ------------------------------------------------------------------------------------------ plan
+def _load_clips(cfg: SampleConfig, out: Path, csv_path: Path, csv_sha: str, frames: int) -> list[Chunk]:
+    """The job's real clips, from `clips.json` when it was made for this CSV and these settings."""
+    key = {"dataset_csv_sha256": csv_sha, "dataset_split_seed": cfg.dataset_split_seed,
+           "num_samples_total": cfg.total, "chunk_frames": frames}
+    cache = out / "clips.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return [Chunk(**c) for c in data["clips"]]
+    try:
+        clips = ucf_gfvd_chunks(csv_path, cfg.total, seed=cfg.dataset_split_seed, chunk_frames=frames)
+    except ValueError as exc:
+        raise ValueError(f"{csv_path}: {exc} (--num_samples_total {cfg.total})") from exc
+    _write_json(cache, {"key": key, "clips": [asdict(c) for c in clips]})
+    return clips
+
+
+def _job_record(cfg: SampleConfig, csv_path: Path, csv_sha: str, dtype: torch.dtype) -> dict[str, Any]:
+    """The settings that decide the samples; all shards of a job must agree on them."""
+    return {"ar_model": _model_id(cfg.ar_model), "tokenizer": _model_id(cfg.tokenizer),
+            "num_samples_total": cfg.total, "sample_batch_size": cfg.sample_batch_size,
+            "cfg_scale": cfg.cfg_scale, "cfg_interval": cfg.cfg_interval, "temperature": cfg.temperature,
+            "top_k": cfg.top_k, "top_p": cfg.top_p, "dtype": str(dtype).removeprefix("torch."),
+            "dataset_csv": str(csv_path.resolve()), "dataset_csv_sha256": csv_sha,
+            "dataset_split_seed": cfg.dataset_split_seed, "fp": cfg.fp, "num_cond_frames": cfg.num_cond_frames,
+            "seed": cfg.seed, "compute_fvd": not cfg.no_fvd}
+
+
+def _check_job(out: Path, job: dict[str, Any]) -> None:
+    path = out / "job.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    diff = [f"{k}: {old.get(k)!r} there, {job[k]!r} here" for k in job if old.get(k) != job[k]]
+    if diff:
+        raise ValueError(f"{out} holds a sampling job with other settings ({'; '.join(diff)}); its shards "
+                         "cannot be merged with this run's. Use another --output_dir or the same settings")
+
+
+def prepare(cfg: SampleConfig) -> SamplePlan:
+    """Every check of a shard, before any sample is made: numbers, models, dataset, job folder, detector."""
+    check_numbers(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    csv_path = Path(cfg.dataset_csv)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"--dataset_csv {csv_path} does not exist")
+    tokenizer = LARPTokenizer.from_pretrained(cfg.tokenizer, map_location=device).eval()
+    ar = LARPAR.from_pretrained(cfg.ar_model, map_location=device).eval()
+    check_models_fit(tokenizer, ar, cfg)
+    out = Path(cfg.output_dir)
+    csv_sha = _sha256(csv_path)
+    job = _job_record(cfg, csv_path, csv_sha, dtype)
+    _check_job(out, job)
+
+    start, end = cfg.shard
+    finished = finished_shards(out)
+    for s in finished:
+        if s.start < end and start < s.end and (s.start, s.end) != (start, end):
+            raise ValueError(f"this shard [{start}, {end}) overlaps the finished shard [{s.start}, {s.end}) in "
+                             f"{out}; shards of one job must not overlap")
+    done = any((s.start, s.end) == (start, end) for s in finished)
+
+    extractor = None
+    if not cfg.no_fvd:
+        extractor = fvd_lib.I3DFeatureExtractor(fvd_lib.load_detector(cfg.i3d_path, device),
+                                                cfg.sample_batch_size)
+    frames = tokenizer.video_shape[1]
+    clips = _load_clips(cfg, out, csv_path, csv_sha, frames)
+    if not cfg.fp:
+        # every row, not only the drawn clips: other labels mean a model of another dataset
+        bad = sorted({r.label for r in read_video_csv(csv_path) if not 0 <= r.label < ar.config.num_classes})
+        if bad:
+            raise ValueError(f"{csv_path} gives class labels {bad[:10]} but {cfg.ar_model} knows "
+                             f"{ar.config.num_classes} classes (0..{ar.config.num_classes - 1})")
+        _check_autocast_works(ar, torch.tensor([clips[0].label], device=device), device, dtype)
+    else:
+        cond = torch.zeros(1, ar.cond_length, dtype=torch.long, device=device)
+        cond[:, -1] = ar.config.separator_id
+        _check_autocast_works(ar, cond, device, dtype)
+    if not create_exclusive(out / "job.json", job):
+        _check_job(out, job)  # a parallel shard may have written it since the first check
+    return SamplePlan(cfg, out, device, dtype, tokenizer, ar, clips, extractor, job, done)
+
+
+# ------------------------------------------------------------------------------------------ one shard
+def _resize(video: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, T, H, W) -> (B, 3, T, size, size), bilinear with antialiasing, frame by frame."""
+    t = video.shape[2]
+    frames = F.interpolate(rearrange(video, "b c t h w -> (b t) c h w"), size=(size, size), mode="bilinear",
+                           antialias=True, align_corners=False)
+    return rearrange(frames, "(b t) c h w -> b c t h w", t=t)
+
+
+def _fvd_view(plan: SamplePlan, video: torch.Tensor) -> torch.Tensor:
+    return _resize(video, FP_FVD_SIZE).clamp(0, 1) if plan.cfg.fp else video
+
+
+@torch.no_grad()
+def run_shard(plan: SamplePlan, progress: bool = True) -> ShardRecord:
+    """Sample, decode, write and measure one shard; its marker is written last."""
+    cfg, out, device = plan.cfg, plan.out, plan.device
+    start, end = cfg.shard
+    paths = shard_paths(out, start, end)
+    frames, size = plan.tokenizer.video_shape[1], plan.tokenizer.video_shape[2]
+    real_clips = ChunkDataset(plan.clips, num_frames=frames, size=size)
+    stats: dict[str, fvd_lib.FeatureStats] = {}  # sized by the detector's first output (I3D: 400)
+    kept: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "cond": [], "tokens": []}
+    overview: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    nll_sum = 0.0
+    batches = grid_batches(start, end, cfg.total, cfg.sample_batch_size)
+    for b0, b1 in tqdm(batches, desc=f"sampling [{start}, {end})", unit="batch", disable=not progress):
+        k0, k1 = max(b0, start), min(b1, end)  # rows of this shard within the grid batch
+        labels = torch.tensor([c.label for c in plan.clips[b0:b1]], device=device)
+        need_real = range(b0, b1) if cfg.fp else (range(k0, k1) if plan.extractor else range(0))
+        real = {i: real_clips[i]["video"] for i in need_real}
+        if cfg.fp:
+            context = torch.stack([real[i] for i in range(b0, b1)]).to(device)[:, :, :cfg.num_cond_frames]
+            cond = frame_prediction_condition(plan.tokenizer, context)
+        else:
+            cond = labels
+        generator = torch.Generator(device).manual_seed(batch_seed(cfg.seed, b0))
+        with _autocast(device, plan.dtype):
+            tokens = generate(plan.ar, cond, cfg_scale=cfg.cfg_scale, cfg_interval=cfg.cfg_interval,
+                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                              generator=generator)
+            logits = plan.ar.logits(tokens, cond)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none").mean(1)
+        videos = plan.tokenizer.decode(tokens).float().clamp(0, 1)  # whole batch: same numerics in any shard
+        rows = slice(k0 - b0, k1 - b0)
+        videos, nll_sum = videos[rows], nll_sum + float(nll[rows].sum())
+        for name, value in (("index", torch.arange(k0, k1)), ("label", labels[rows]), ("cond", cond[rows]),
+                            ("tokens", tokens[rows])):
+            kept[name].append(value.cpu())
+        for j, i in enumerate(range(k0, k1)):
+            write_mp4(out / "samples" / f"{i:06d}_class{plan.clips[i].label}.mp4", videos[j], fps=FPS)
+            if len(overview) < OVERVIEW_SAMPLES:
+                overview.append((videos[j].cpu(), real[i].cpu() if cfg.fp else None))
+        if plan.extractor is not None:
+            for name, batch in (("fake", videos), ("real", torch.stack([real[i] for i in range(k0, k1)]))):
+                features = plan.extractor(_fvd_view(plan, batch))
+                if name not in stats:
+                    stats[name] = fvd_lib.FeatureStats(dim=features.shape[1])
+                stats[name].add(features)
+
+    _write_overview(overview, paths["gif"], paths["png"])
+    arrays = {name: torch.cat(v).numpy() for name, v in kept.items()}
+    paths["tokens"].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths["tokens"], lambda tmp: _save_npz(tmp, arrays))
+    if plan.extractor is not None:
+        stats["real"].save(paths["real"])
+        stats["fake"].save(paths["fake"])
+    record = ShardRecord(start, end, nll_sum)
+    _write_json(paths["marker"], {**asdict(record), "finished": datetime.now(timezone.utc).isoformat()})
+    return record
+
+
+def _save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a temp name
+        np.savez(f, **arrays)
+
+
+def _write_overview(items: list[tuple[torch.Tensor, torch.Tensor | None]], gif: Path, png: Path) -> None:
+    fake = torch.stack([f for f, _ in items])
+    if items[0][1] is None:
+        write_gif(gif, fake, fps=FPS)
+        write_png_grid(png, fake)
+        return
+    real = torch.stack([r for _, r in items])
+    write_gif(gif, torch.cat([real, fake], dim=3), fps=FPS)  # real clip above its prediction
+    write_png_grid(png, rearrange(torch.stack([real, fake], 1), "b two c t h w -> (b two) c t h w"))
+
+
+# ------------------------------------------------------------------------------------------ merge
+def merge_if_complete(out: str | os.PathLike, job: dict[str, Any] | None = None,
+                      stale_after: float = LOCK_STALE_SECONDS) -> tuple[str, dict[str, Any] | None]:
+    """When the finished shards cover the job, merge their statistics (sums) and report the FVD once.
+
+    `job` defaults to the folder's job.json. Returns (status, the fvd.json record if this call wrote it)."""
+    out = Path(out)
+    if job is None:
+        job = json.loads((out / "job.json").read_text())
+    total = job["num_samples_total"]
+    shards = finished_shards(out)
+    covered = check_coverage(shards, total)
+    if covered < total:
+        return f"waiting for other shards: {covered} of {total} samples finished", None
+    if not job["compute_fvd"]:
+        return "all shards finished (no FVD: --no_fvd)", None
+    if (out / "fvd.json").is_file():
+        return "already merged (fvd.json exists)", None
+    lock = MergeLock(out / "fvd.lock", stale_after)
+    with lock:
+        if not lock.held:
+            return f"another process is merging (lock {lock.path}, owner {lock.owner or 'unknown'})", None
+        if (out / "fvd.json").is_file():
+            return "already merged (fvd.json exists)", None
+        merged: dict[str, fvd_lib.FeatureStats] = {}
+        for s in shards:
+            for name in ("real", "fake"):
+                part = fvd_lib.FeatureStats.load(shard_paths(out, s.start, s.end)[name])
+                merged[name] = merged[name].merge(part) if name in merged else part
+        for name, stats in merged.items():
+            if stats.count != total:
+                raise ValueError(f"the {name} statistics of the shards hold {stats.count} clips; the job has "
+                                 f"{total} samples")
+            stats.save(out / "stats" / f"{name}.npz")
+        record = {**job, "fvd": fvd_lib.fvd(merged["real"], merged["fake"]),
+                  "nll_sampled": sum(s.nll_sum for s in shards) / total,
+                  "shards": [[s.start, s.end] for s in shards],
+                  "finished": datetime.now(timezone.utc).isoformat()}
+        if not create_exclusive(out / "fvd.json", record):
+            return "already merged (fvd.json exists)", None
+        append_report_row(out / "fvd_report.csv", record)
+    return f"merged {len(shards)} shard(s): FVD {record['fvd']:.4f}", record
+
+
+def append_report_row(path: Path, record: dict[str, Any]) -> None:
+    """Append one row (header first in a new file) to the CSV report."""
+    row = {k: record[k] if k != "num_samples" else record["num_samples_total"] for k in REPORT_COLUMNS}
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def run_sample_job(cfg: SampleConfig, progress: bool = True) -> dict[str, Any]:
+    """Check everything, make this shard (unless finished before), then merge if the job is complete."""
+    plan = prepare(cfg)
+    start, end = cfg.shard
+    if plan.done:
+        shard_status = f"shard [{start}, {end}) finished in an earlier run; skipped"
+    else:
+        began = time.time()
+        run_shard(plan, progress)
+        shard_status = f"shard [{start}, {end}): {end - start} samples in {time.time() - began:.1f} s"
+    merge_status, record = merge_if_complete(plan.out, plan.job)
+    return {"shard": shard_status, "merge": merge_status, "fvd": record["fvd"] if record else None,
+            "output_dir": str(plan.out)}
