@@ -1,0 +1,1 @@
+"""Everything that moves pixels between files and tensors."""

@@ -1,0 +1,205 @@
+"""Clip datasets over video files: a metadata CSV (`id,path,action,label`) or a folder of class folders.
+
+Each item is `{"video": float (3, T, size, size) in [0, 1], "label": int, "path": str}`.
+
+Evaluation (train=False) is deterministic: item i always gives the same clip, its start drawn from a
+generator seeded with (seed, i). Training draws starts and flips from a generator seeded with
+(seed, torch.initial_seed()), which differs in every DataLoader worker and every epoch's workers, and
+follows torch.manual_seed in the main process.
+
+Training skips unreadable videos: each is logged once, counted, and replaced by another random item;
+when the distinct unreadable items exceed `max_bad_fraction` of the dataset, it raises. Evaluation
+raises on the first unreadable video, since skipping would change the evaluated set.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .prepare import CSV_COLUMNS, VideoRow, scan_video_folder
+from .transforms import ClipTransform
+from .video_io import VideoReadError, read_clip
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadVideosError(RuntimeError):
+    """More than the allowed fraction of a dataset's videos could not be read."""
+
+
+def read_video_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[VideoRow]:
+    """Rows of a metadata CSV with paths resolved (against `root`, else the CSV's folder) and checked."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"metadata CSV not found: {csv_path}")
+    base = Path(root) if root is not None else csv_path.parent
+    rows: list[VideoRow] = []
+    missing: list[str] = []
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        absent = [c for c in CSV_COLUMNS if c not in columns]
+        if absent:
+            raise ValueError(
+                f"{csv_path}: missing column(s) {', '.join(absent)}; expected {','.join(CSV_COLUMNS)}, "
+                f"found {','.join(columns) or 'an empty header'}"
+            )
+        for line, raw in enumerate(reader, 2):
+            r = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            try:
+                label = int(r["label"])
+            except ValueError:
+                raise ValueError(
+                    f"{csv_path}, line {line}: label must be an integer, found {r['label']!r}"
+                ) from None
+            if not r["path"]:
+                raise ValueError(f"{csv_path}, line {line}: empty path")
+            path = Path(r["path"])
+            if not path.is_absolute():
+                path = base / path
+            if not path.is_file():
+                missing.append(f"line {line}: {path}")
+            rows.append(VideoRow(id=r["id"], path=str(path), action=r["action"], label=label))
+    if missing:
+        shown = "\n  ".join(missing[:5]) + (
+            f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise FileNotFoundError(
+            f"{csv_path}: {len(missing)} of {len(rows)} videos do not exist (relative paths are resolved "
+            f"against {base}):\n  {shown}"
+        )
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows")
+    return rows
+
+
+class VideoClipDataset(Dataset):
+    """Clips from a list of `VideoRow`s; the shared logic of the CSV and folder datasets."""
+
+    def __init__(
+        self,
+        rows: list[VideoRow],
+        num_frames: int = 16,
+        size: int = 128,
+        train: bool = False,
+        seed: int = 0,
+        stride: int = 1,
+        max_bad_fraction: float = 0.05,
+        random_crop: bool = False,
+    ) -> None:
+        if not rows:
+            raise ValueError("a video dataset needs at least one video")
+        if not 0.0 <= max_bad_fraction < 1.0:
+            raise ValueError(f"max_bad_fraction must lie in [0, 1), got {max_bad_fraction}")
+        self.rows = rows
+        self.num_frames = num_frames
+        self.size = size
+        self.train = train
+        self.seed = seed
+        self.stride = stride
+        self.max_bad_fraction = max_bad_fraction
+        self.transform = ClipTransform(size, train, random_crop=random_crop)
+        self.bad: dict[int, str] = {}  # index -> cause, per process (each worker has its own copy)
+        self.num_skipped = 0
+        self._rng: np.random.Generator | None = None
+        self._rng_key: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.rows]
+
+    def _train_rng(self) -> np.random.Generator:
+        key = torch.initial_seed()
+        if self._rng is None or self._rng_key != key:
+            self._rng = np.random.default_rng([self.seed, key])
+            self._rng_key = key
+        return self._rng
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, object]:
+        row = self.rows[index]
+        frames = read_clip(row.path, self.num_frames, stride=self.stride, rng=rng)
+        return {"video": self.transform(frames, rng), "label": row.label, "path": row.path}
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        if not 0 <= index < len(self.rows):
+            raise IndexError(f"index {index} out of range for {len(self.rows)} videos")
+        if not self.train:
+            return self.load(index, np.random.default_rng([self.seed, index]))
+        rng = self._train_rng()
+        for _ in range(len(self.rows)):
+            if index not in self.bad:
+                try:
+                    return self.load(index, rng)
+                except VideoReadError as e:
+                    self._mark_bad(index, e)
+            self.num_skipped += 1
+            index = int(rng.integers(len(self.rows)))
+        raise TooManyBadVideosError(f"no readable video found after {len(self.rows)} tries")
+
+    def _mark_bad(self, index: int, error: VideoReadError) -> None:
+        self.bad[index] = error.cause
+        log.warning("skipping unreadable video (item %d): %s", index, error)
+        allowed = self.max_bad_fraction * len(self.rows)
+        if len(self.bad) > allowed:
+            examples = "\n  ".join(f"{self.rows[i].path}: {c}" for i, c in list(self.bad.items())[:5])
+            raise TooManyBadVideosError(
+                f"{len(self.bad)} of {len(self.rows)} videos are unreadable, more than max_bad_fraction="
+                f"{self.max_bad_fraction} allows ({allowed:g}):\n  {examples}"
+            )
+
+
+class VideoCSVDataset(VideoClipDataset):
+    """Clips of the videos listed in a metadata CSV `id,path,action,label`."""
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        num_frames: int = 16,
+        size: int = 128,
+        train: bool = False,
+        seed: int = 0,
+        stride: int = 1,
+        max_bad_fraction: float = 0.05,
+        root: str | os.PathLike | None = None,
+        random_crop: bool = False,
+    ) -> None:
+        self.csv_path = Path(csv_path)
+        super().__init__(
+            read_video_csv(csv_path, root),
+            num_frames,
+            size,
+            train,
+            seed,
+            stride,
+            max_bad_fraction,
+            random_crop,
+        )
+
+
+class VideoFolderDataset(VideoClipDataset):
+    """Clips of the videos under `root/<class>/`; labels are the sorted class-folder indices."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_frames: int = 16,
+        size: int = 128,
+        train: bool = False,
+        seed: int = 0,
+        stride: int = 1,
+        max_bad_fraction: float = 0.05,
+        random_crop: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.classes, rows = scan_video_folder(root)
+        super().__init__(rows, num_frames, size, train, seed, stride, max_bad_fraction, random_crop)

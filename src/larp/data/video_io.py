@@ -1,0 +1,424 @@
+"""Decoding and encoding videos with PyAV (one decoder for every container and codec).
+
+Reading returns uint8 frames (T, H, W, 3) in RGB whatever the source pixel format (grayscale, odd sizes,
+10-bit...); `to_tensor` turns them into the library's float (3, T, H, W) layout in [0, 1]. Clips are read
+by seeking to the key frame before the first wanted frame, so the cost of a clip does not grow with the
+length of the file. Every reading failure raises `VideoReadError` naming the file and the cause.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from .transforms import pad_frames
+
+PathLike = str | os.PathLike
+
+# A header may announce a frame or two more than the stream holds (common in AVI and MP4 files cut by
+# tools); missing frames within this margin of the declared end are padded instead of failing the read.
+_END_SLACK_FRACTION = 0.02
+_END_SLACK_MIN = 2
+# Frames between two wanted frames beyond which seeking again is cheaper than decoding through.
+_SEEK_GAP = 48
+
+
+class VideoReadError(ValueError):
+    """A video file could not be read; the message names the file and the cause."""
+
+    def __init__(self, path: PathLike, cause: str) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"cannot read video {self.path}: {cause}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe_video` learns from a file's header (frame count counted from packets if absent)."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _open(path: PathLike) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.exists():
+        raise VideoReadError(p, "file not found")
+    if p.is_dir():
+        raise VideoReadError(p, "is a directory, expected a video file")
+    if p.stat().st_size == 0:
+        raise VideoReadError(p, "empty file (0 bytes)")
+    try:
+        return av.open(str(p), mode="r")
+    except av.FFmpegError as e:
+        raise VideoReadError(p, f"truncated, corrupt or not a video container ({e})") from e
+
+
+def _video_stream(container: av.container.InputContainer, path: PathLike) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoReadError(path, f"no video stream (streams found: {', '.join(kinds)})")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and float(rate) > 0:
+            return float(rate)
+    return 0.0
+
+
+def _count_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    # Demuxing without decoding is cheap; used only when the header has no frame count (MKV, WebM...).
+    # Readers seek before decoding, so the demuxer need not be rewound here.
+    return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def _probe(
+    container: av.container.InputContainer, path: PathLike
+) -> tuple[VideoInfo, av.video.stream.VideoStream]:
+    stream = _video_stream(container, path)
+    fps = _stream_fps(stream)
+    try:
+        n = int(stream.frames) if stream.frames else _count_packets(container, stream)
+    except av.FFmpegError as e:
+        raise VideoReadError(path, f"truncated or corrupt while counting frames ({e})") from e
+    if n <= 0:
+        raise VideoReadError(path, "the video stream holds zero frames")
+    if fps <= 0:
+        raise VideoReadError(path, "the video stream declares no frame rate")
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width <= 0 or height <= 0:
+        raise VideoReadError(path, f"the video stream declares an invalid frame size {width}x{height}")
+    return VideoInfo(num_frames=n, fps=fps, width=width, height=height), stream
+
+
+def probe_video(path: PathLike) -> VideoInfo:
+    """Frame count, frame rate and frame size of a video file, without decoding it."""
+    with _open(path) as container:
+        return _probe(container, path)[0]
+
+
+def _frame_rgb(frame: av.VideoFrame) -> np.ndarray:
+    # libswscale converts any pixel format (gray, yuv420p10, odd widths...) to packed RGB.
+    return frame.to_ndarray(format="rgb24")
+
+
+class _Decoder:
+    """Decodes frames in order from a seek point, giving each its frame index."""
+
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.video.stream.VideoStream,
+        fps: float,
+        path: PathLike,
+    ) -> None:
+        self.container, self.stream, self.path = container, stream, path
+        self.time_base = stream.time_base
+        self.start = stream.start_time or 0
+        self.fps = fps
+        self.can_seek = self.time_base is not None
+
+    def frames(self, target: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Frames from the key frame at or before `target` (from the start when seeking is unusable)."""
+        seek = self.can_seek and target > 0
+        try:
+            if seek:
+                ts = self.start + int(target / self.fps / self.time_base)
+                self.container.seek(ts, backward=True, any_frame=False, stream=self.stream)
+            else:
+                self.container.seek(0)
+        except av.FFmpegError as e:
+            raise VideoReadError(
+                self.path, f"truncated or corrupt: seeking to frame {target} failed ({e})"
+            ) from e
+        counter = 0
+        try:
+            for frame in self.container.decode(self.stream):
+                if frame.pts is None or self.time_base is None:
+                    if seek:
+                        # Without timestamps only counting from the start gives indices.
+                        self.can_seek = False
+                        yield from self.frames(0)
+                        return
+                    idx = counter
+                else:
+                    idx = int(round(float((frame.pts - self.start) * self.time_base) * self.fps))
+                counter += 1
+                yield idx, frame
+        except av.FFmpegError as e:
+            raise VideoReadError(self.path, f"truncated or corrupt data while decoding ({e})") from e
+
+
+def _gather(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    info: VideoInfo,
+    targets: np.ndarray,
+    path: PathLike,
+) -> np.ndarray:
+    """Decode the frames at indices `targets` (any order, repeats allowed), seeking before each run."""
+    decoder = _Decoder(container, stream, info.fps, path)
+    wanted = sorted({int(t) for t in targets})
+    got: dict[int, np.ndarray] = {}
+    i = 0
+    it: Iterator[tuple[int, av.VideoFrame]] | None = None
+    prev: tuple[int, av.VideoFrame] | None = None
+    from_start = False
+    sought = -1  # the target of the last seek: decode on towards it, however far the key frame was
+    while i < len(wanted):
+        far = prev is not None and wanted[i] - prev[0] > _SEEK_GAP and wanted[i] != sought
+        if it is None or far:
+            it, prev, sought = decoder.frames(wanted[i]), None, wanted[i]
+            from_start = not decoder.can_seek or wanted[i] == 0
+        item = next(it, None)
+        if item is None:
+            break  # end of stream
+        idx, frame = item
+        if prev is None and idx > wanted[i] and not from_start:
+            # The seek landed after the wanted frame (bad index in the file): decode from the start.
+            decoder.can_seek = False
+            it = None
+            continue
+        while i < len(wanted) and wanted[i] <= idx:
+            # A wanted index skipped by the timestamps (variable frame rate) takes the previous frame.
+            use = frame if wanted[i] == idx or prev is None else prev[1]
+            got[wanted[i]] = _frame_rgb(use)
+            i += 1
+        prev = (idx, frame)
+
+    if i < len(wanted):
+        slack = max(_END_SLACK_MIN, int(info.num_frames * _END_SLACK_FRACTION))
+        if prev is None or wanted[i] < info.num_frames - slack:
+            last = "none" if prev is None else str(prev[0])
+            raise VideoReadError(
+                path,
+                f"truncated or corrupt: the stream ended before frame {wanted[i]} "
+                f"(the header declares {info.num_frames} frames; last frame decoded: {last})",
+            )
+        # A frame or two short of the declared count: the last decoded frame stands in for them.
+        last_rgb = _frame_rgb(prev[1])
+        for w in wanted[i:]:
+            got[w] = last_rgb
+    return np.stack([got[int(t)] for t in targets])
+
+
+def clip_indices(
+    num_available: int,
+    num_frames: int,
+    start: int | None,
+    stride: int,
+    mode: Literal["consecutive", "uniform"],
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """Indices of the frames of one clip (fewer than `num_frames` when the video is too short)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if mode == "uniform":
+        # Spread over the whole video; a video shorter than the clip gives each frame once (then padding).
+        if num_available < num_frames:
+            return np.arange(num_available)
+        return np.linspace(0, num_available - 1, num_frames).round().astype(np.int64)
+    if mode != "consecutive":
+        raise ValueError(f"mode must be 'consecutive' or 'uniform', got {mode!r}")
+    span = (num_frames - 1) * stride + 1
+    latest = max(0, num_available - span)
+    if start is None:
+        start = int((rng if rng is not None else np.random.default_rng()).integers(0, latest + 1))
+    elif not 0 <= start < num_available:
+        raise ValueError(f"start {start} is outside the video's {num_available} frames")
+    return np.arange(start, min(start + span, num_available), stride)
+
+
+def read_clip(
+    path: PathLike,
+    num_frames: int,
+    start: int | None = None,
+    *,
+    stride: int = 1,
+    mode: Literal["consecutive", "uniform"] = "consecutive",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Read `num_frames` frames as uint8 (T, H, W, 3) RGB.
+
+    mode="consecutive": frames start, start+stride, ...; `start=None` draws a start from `rng` among those
+    that fit. mode="uniform": `num_frames` frames evenly spaced over the whole video (`start` must be None).
+    Clips running past the end of a short video are padded by repeating the last frame."""
+    if mode == "uniform" and start is not None:
+        raise ValueError("mode='uniform' spreads the clip over the whole video; do not pass start")
+    with _open(path) as container:
+        info, stream = _probe(container, path)
+        targets = clip_indices(info.num_frames, num_frames, start, stride, mode, rng)
+        frames = _gather(container, stream, info, targets, path)
+    return pad_frames(frames, num_frames)
+
+
+def read_video(path: PathLike) -> tuple[np.ndarray, float]:
+    """Decode every frame of a file: uint8 (T, H, W, 3) RGB and the frame rate."""
+    with _open(path) as container:
+        info, stream = _probe(container, path)
+        frames = [_frame_rgb(f) for _, f in _Decoder(container, stream, info.fps, path).frames(0)]
+    if not frames:
+        raise VideoReadError(
+            path, f"truncated or corrupt: no frame decoded (header declares {info.num_frames})"
+        )
+    slack = max(_END_SLACK_MIN, int(info.num_frames * _END_SLACK_FRACTION))
+    if len(frames) < info.num_frames - slack:
+        raise VideoReadError(
+            path,
+            f"truncated or corrupt: decoded {len(frames)} of the {info.num_frames} frames the header declares",
+        )
+    return np.stack(frames), info.fps
+
+
+# ------------------------------------------------------------------------------------- tensor layout
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) frames -> float32 (3, T, H, W) in [0, 1]."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0)
+
+
+def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
+    """float (3, T, H, W) or (B, 3, T, H, W) in [0, 1] -> uint8 frames (T, H, W, 3) or (B, T, H, W, 3).
+
+    Values are clamped to [0, 1] and rounded; the inverse of `to_tensor`."""
+    x = video.detach().float().cpu() if isinstance(video, torch.Tensor) else torch.as_tensor(video).float()
+    if x.ndim not in (4, 5) or x.shape[-4] != 3:
+        raise ValueError(f"expected a float video (3, T, H, W) or (B, 3, T, H, W), got {tuple(x.shape)}")
+    x = x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    x = x.permute(1, 2, 3, 0) if x.ndim == 4 else x.permute(0, 2, 3, 4, 1)
+    return x.contiguous().numpy()
+
+
+def _as_clips(videos: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Any accepted video input -> uint8 (B, T, H, W, 3).
+
+    Accepted: float (3,T,H,W) / (B,3,T,H,W) in [0, 1] (tensor or array), uint8 (T,H,W,3) / (B,T,H,W,3)."""
+    if (
+        isinstance(videos, np.ndarray)
+        and videos.dtype == np.uint8
+        or (isinstance(videos, torch.Tensor) and videos.dtype == torch.uint8)
+    ):
+        arr = videos.cpu().numpy() if isinstance(videos, torch.Tensor) else videos
+        if arr.ndim == 4:
+            arr = arr[None]
+        if arr.ndim != 5 or arr.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames (T, H, W, 3) or (B, T, H, W, 3), got {arr.shape}")
+        return arr
+    arr = to_uint8(videos)
+    return arr[None] if arr.ndim == 4 else arr
+
+
+def tile_clips(videos: torch.Tensor | np.ndarray, gap: int = 2) -> np.ndarray:
+    """A batch of clips side by side (black gaps between them) -> uint8 (T, H, W_total, 3)."""
+    clips = _as_clips(videos)
+    b, t, h, w, _ = clips.shape
+    out = np.zeros((t, h, b * w + (b - 1) * gap, 3), np.uint8)
+    for i in range(b):
+        out[:, :, i * (w + gap) : i * (w + gap) + w] = clips[i]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+class MP4Writer:
+    """Streams RGB uint8 frames (H, W, 3) into an H.264 yuv420p mp4.
+
+    yuv420p needs even sizes: odd-sized frames get their last row/column repeated (1 pixel larger)."""
+
+    def __init__(
+        self, path: PathLike, fps: float = 8, *, crf: int = 18, keyframe_interval: int | None = None
+    ) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self._container = av.open(self.path, mode="w")
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self._stream.pix_fmt = "yuv420p"
+        options = {"crf": str(crf)}
+        if keyframe_interval is not None:
+            options.update(g=str(keyframe_interval), keyint_min=str(keyframe_interval))
+        self._stream.options = options
+        self._size: tuple[int, int] | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if self._size is None:
+            self._size = (h, w)
+            self._stream.height, self._stream.width = h + h % 2, w + w % 2
+        elif self._size != (h, w):
+            raise ValueError(f"frame size changed from {self._size} to {(h, w)} in {self.path}")
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        self._container.mux(self._stream.encode(video_frame))
+
+    def close(self) -> None:
+        if self._size is not None:
+            self._container.mux(self._stream.encode(None))
+        self._container.close()
+
+    def __enter__(self) -> MP4Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_mp4(path: PathLike, video: torch.Tensor | np.ndarray, fps: float = 8, *, crf: int = 18) -> Path:
+    """Write one clip (or a batch side by side) as H.264 yuv420p mp4; see `_as_clips` for accepted inputs."""
+    frames = tile_clips(video)
+    with MP4Writer(path, fps, crf=crf) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return Path(path)
+
+
+def write_gif(path: PathLike, videos: torch.Tensor | np.ndarray, fps: float = 8) -> Path:
+    """Write one clip or a batch side by side as a looping animated GIF."""
+    frames = tile_clips(videos)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(
+        str(path), save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0
+    )
+    return Path(path)
+
+
+def write_png_grid(path: PathLike, videos: torch.Tensor | np.ndarray, gap: int = 2) -> Path:
+    """A PNG grid of frames: one row per clip, one column per time step, white gaps between cells."""
+    clips = _as_clips(videos)
+    b, t, h, w, _ = clips.shape
+    grid = np.full((b * h + (b - 1) * gap, t * w + (t - 1) * gap, 3), 255, np.uint8)
+    for i in range(b):
+        for j in range(t):
+            grid[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = clips[i, j]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(str(path))
+    return Path(path)
