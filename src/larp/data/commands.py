@@ -63,7 +63,7 @@ def _with_logging(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the data sub-commands."""
     prep = sub.add_parser("prepare-data", help="write metadata CSVs (id,path,action,label) for a dataset")
-    kinds = prep.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    kinds = prep.add_subparsers(dest="dataset", required=True)  # argparse lists the kinds on error
 
     ucf = kinds.add_parser("ucf101", help="UCF-101 from its official split files")
     ucf.add_argument("root", help="folder holding the 101 class folders (ApplyEyeMakeup/...)")
