@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import av
 import numpy as np
 import pytest
@@ -153,6 +155,10 @@ def test_corrupt_and_text_files(tmp_path):
         with pytest.raises(VideoReadError, match=rf"{name}: truncated, corrupt or not a video container"):
             read_clip(tmp_path / name, 4)
     assert issubclass(VideoReadError, ValueError)
+    err = pickle.loads(pickle.dumps(VideoReadError(tmp_path / "x.mp4", "empty file (0 bytes)")))
+    assert str(
+        err
+    ) == f"cannot read video {tmp_path / 'x.mp4'}: empty file (0 bytes)" and err.cause.startswith("empty")
 
 
 def test_truncated_files(videos):

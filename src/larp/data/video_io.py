@@ -38,7 +38,10 @@ class VideoReadError(ValueError):
     def __init__(self, path: PathLike, cause: str) -> None:
         self.path = str(path)
         self.cause = cause
-        super().__init__(f"cannot read video {self.path}: {cause}")
+        super().__init__(self.path, cause)  # args that rebuild it: picklable across worker processes
+
+    def __str__(self) -> str:
+        return f"cannot read video {self.path}: {self.cause}"
 
 
 @dataclass(frozen=True)
