@@ -1,8 +1,27 @@
-"""larp: the LARP video tokenizer and the autoregressive video generator on its tokens."""
+"""larp: the LARP video tokenizer and the autoregressive video generator on its tokens.
 
-from .models.ar import LARPAR
-from .models.config import ARConfig, TokenizerConfig, ar_preset, tokenizer_preset
-from .models.tokenizer import LARPTokenizer
+The models are imported on first use, so that `import larp.data` (and the CLI's start-up) stays light."""
 
-__all__ = ["LARPAR", "LARPTokenizer", "ARConfig", "TokenizerConfig", "ar_preset", "tokenizer_preset"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["LARPAR", "LARPTokenizer", "ARConfig", "TokenizerConfig", "ar_preset", "tokenizer_preset"]
+
+_HOMES = {"LARPAR": "larp.models.ar", "LARPTokenizer": "larp.models.tokenizer", "ARConfig": "larp.models.config",
+          "TokenizerConfig": "larp.models.config", "ar_preset": "larp.models.config",
+          "tokenizer_preset": "larp.models.config"}
+
+if TYPE_CHECKING:
+    from .models.ar import LARPAR
+    from .models.config import ARConfig, TokenizerConfig, ar_preset, tokenizer_preset
+    from .models.tokenizer import LARPTokenizer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'larp' has no attribute {name!r}")

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import sample_commands, videos_commands
+    from . import demo, sample_commands, videos_commands
     from .data import commands as data_commands
     from .eval import commands as eval_commands
     from .train import commands as train_commands
 
     parser = argparse.ArgumentParser(prog="larp", description="LARP video tokenizer and AR video generator.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (data_commands, eval_commands, train_commands, sample_commands, videos_commands):
+    for module in (data_commands, train_commands, sample_commands, eval_commands, videos_commands, demo):
         module.register(sub)
     return parser
 

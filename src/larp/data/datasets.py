@@ -135,7 +135,11 @@ class VideoClipDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self.rows)} videos")
         if not self.train:
             return self.load(index, np.random.default_rng([self.seed, index]))
-        rng = self._train_rng()
+        return self.sample(index, self._train_rng())
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict[str, object]:
+        """A training item drawn with `rng`; an unreadable video is logged, counted and replaced by a random
+        other one (the trainer calls this with a seed per data position, for exact resumption)."""
         for _ in range(len(self.rows)):
             if index not in self.bad:
                 try:

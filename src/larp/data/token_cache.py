@@ -69,15 +69,28 @@ def pad_context(clips: torch.Tensor, context_frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_token_cache(tokenizer: LARPTokenizer, dataset: VideoClipDataset, out_dir: str | os.PathLike, *,
-                      tokenizer_id: str, windows_per_video: int = 1, flip: bool = True, seed: int = 0,
-                      fp_context_frames: int = 0, batch_size: int = 8, shard_size: int = 4096,
-                      device: str | torch.device = "cpu", progress: bool = True) -> CacheMeta:
+def build_token_cache(
+    tokenizer: LARPTokenizer,
+    dataset: VideoClipDataset,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer_id: str,
+    windows_per_video: int = 1,
+    flip: bool = True,
+    seed: int = 0,
+    fp_context_frames: int = 0,
+    batch_size: int = 8,
+    shard_size: int = 4096,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> CacheMeta:
     """Encode `windows_per_video` seeded windows of every video (and their mirror images when `flip`)."""
     c, t, h, w = tokenizer.video_shape
     if (dataset.num_frames, dataset.size) != (t, h):
-        raise ValueError(f"the dataset gives {dataset.num_frames}x{dataset.size}x{dataset.size} clips but the "
-                         f"tokenizer takes {t}x{h}x{w}")
+        raise ValueError(
+            f"the dataset gives {dataset.num_frames}x{dataset.size}x{dataset.size} clips but the "
+            f"tokenizer takes {t}x{h}x{w}"
+        )
     if not 0 <= fp_context_frames < t:
         raise ValueError(f"fp_context_frames must be in [0, {t}), got {fp_context_frames}")
     out = Path(out_dir)
@@ -85,10 +98,21 @@ def build_token_cache(tokenizer: LARPTokenizer, dataset: VideoClipDataset, out_d
         raise FileExistsError(f"{out} already holds a token cache; choose another folder or delete it")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer.eval().to(device)
-    meta = CacheMeta(tokenizer=tokenizer_id, num_tokens=tokenizer.num_tokens, codebook_size=tokenizer.codebook_size,
-                     num_frames=t, size=h, windows_per_video=windows_per_video, flip=flip, seed=seed,
-                     source=str(getattr(dataset, "csv_path", "")), fp_context_frames=fp_context_frames)
-    buffer: dict[str, list[torch.Tensor]] = {k: [] for k in ("tokens", "labels", "video", "start", "flip", "cond")}
+    meta = CacheMeta(
+        tokenizer=tokenizer_id,
+        num_tokens=tokenizer.num_tokens,
+        codebook_size=tokenizer.codebook_size,
+        num_frames=t,
+        size=h,
+        windows_per_video=windows_per_video,
+        flip=flip,
+        seed=seed,
+        source=str(getattr(dataset, "csv_path", "")),
+        fp_context_frames=fp_context_frames,
+    )
+    buffer: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("tokens", "labels", "video", "start", "flip", "cond")
+    }
     shards: list[str] = []
     skipped: list[str] = []
 
@@ -146,8 +170,9 @@ def build_token_cache(tokenizer: LARPTokenizer, dataset: VideoClipDataset, out_d
 def read_cache_meta(folder: str | os.PathLike) -> CacheMeta:
     file = Path(folder) / META
     if not file.is_file():
-        raise FileNotFoundError(f"{folder} is not a token cache (no {META}); build one with "
-                                "`larp tokenize-dataset`")
+        raise FileNotFoundError(
+            f"{folder} is not a token cache (no {META}); build one with `larp tokenize-dataset`"
+        )
     data = json.loads(file.read_text())
     data["shards"] = tuple(data["shards"])
     data["skipped_videos"] = tuple(data["skipped_videos"])
@@ -165,15 +190,19 @@ class TokenCacheDataset(Dataset):
             raise ValueError(f"token cache {folder} holds no entries")
         self.tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         if len(self.tensors["tokens"]) != self.meta.num_entries:
-            raise ValueError(f"token cache {folder}: meta.json says {self.meta.num_entries} entries, the shards "
-                             f"hold {len(self.tensors['tokens'])}")
+            raise ValueError(
+                f"token cache {folder}: meta.json says {self.meta.num_entries} entries, the shards "
+                f"hold {len(self.tensors['tokens'])}"
+            )
 
     def __len__(self) -> int:
         return len(self.tensors["tokens"])
 
     def load(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        item: dict[str, Any] = {"tokens": self.tensors["tokens"][index].long(),
-                                "label": int(self.tensors["labels"][index])}
+        item: dict[str, Any] = {
+            "tokens": self.tensors["tokens"][index].long(),
+            "label": int(self.tensors["labels"][index]),
+        }
         if "cond" in self.tensors:
             item["cond"] = self.tensors["cond"][index].long()
         return item

@@ -108,7 +108,7 @@ def setup_context(run: RunConfig) -> TrainContext:
 
 # ---------------------------------------------------------------------------------------------- data
 class SeededItems(Dataset):
-    """Wraps a dataset with `load(index, rng)`: the sampler hands out (index, seed) pairs, so that every
+    """Wraps a dataset with `sample(index, rng)` (or `load`): the sampler hands out (index, seed) pairs, so that every
     random choice of an item (clip start, flip) is a pure function of the run's seed and data position,
     whatever the number of workers, and a resumed run sees exactly the same clips."""
 
@@ -120,7 +120,8 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        return self.base.load(index, np.random.default_rng(seed))
+        pick = getattr(self.base, "sample", None) or self.base.load  # `sample` skips unreadable videos
+        return pick(index, np.random.default_rng(seed))
 
 
 class ResumableSampler(Sampler):
@@ -195,7 +196,7 @@ class MetricsLogger:
 class Task(Protocol):
     ctx: TrainContext
 
-    def train_dataset(self) -> Any: ...  # has __len__ and load(index, rng) -> item dict
+    def train_dataset(self) -> Any: ...  # has __len__ and sample(index, rng) or load(index, rng) -> item dict
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]: ...
 
