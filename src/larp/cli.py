@@ -6,6 +6,7 @@ a `register(subparsers)` function that adds parsers whose `func` default takes t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,49 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (data_commands, train_commands, sample_commands, eval_commands, videos_commands, demo):
         module.register(sub)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = []
+    for action in parser._actions:  # argparse keeps sub-commands here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((name, sub))
+                found += [(f"{name} {n}", p) for n, p in _subparsers(sub)]
+    return found
+
+
+def cli_reference() -> str:
+    """The CLI reference in Markdown, generated from the parser (the README embeds it)."""
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix the width so the text is stable
+    try:
+        parser = build_parser()
+        parts = ["```", parser.format_help().rstrip(), "```"]
+        for name, sub in _subparsers(parser):
+            parts += ["", f"#### `larp {name}`", "", "```", sub.format_help().rstrip(), "```"]
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = saved
+    return "\n".join(parts) + "\n"
+
+
+README_START, README_END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the README's generated CLI reference; True when it changed."""
+    from pathlib import Path
+
+    file = Path(path)
+    text = file.read_text()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{cli_reference()}{README_END}{tail}"
+    file.write_text(new)
+    return new != text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
