@@ -6,9 +6,11 @@ batch."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from .models.ar import LARPAR
+from .models.ar import LARPAR, KVCache
 from .models.tokenizer import LARPTokenizer
 
 
@@ -49,20 +51,45 @@ def _check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
+def _decode_step(model: LARPAR, tokens: torch.Tensor, caches: list[KVCache], pos: int | torch.Tensor
+                 ) -> torch.Tensor:
+    """One new token per sequence at position `pos` -> (B, V) logits of the next one."""
+    return model.forward_hidden(model.tok_embeddings(tokens[:, None]), caches, pos)[:, -1]
+
+
+_COMPILED_STEP = None
+
+
+def _compiled_step():
+    """The decode step compiled once per process with CUDA graphs ("reduce-overhead")."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_decode_step, mode="reduce-overhead", dynamic=False)
+    return _COMPILED_STEP
+
+
 @torch.no_grad()
 def generate(model: LARPAR, cond: torch.Tensor, *, cfg_scale: float = 1.0, cfg_interval: int = -1,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, num_tokens: int | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, num_tokens: int | None = None,
+             static: bool = False, compile: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sample (B, N) tokens after `cond` with a KV cache.
 
     Guidance (class-conditional only, when cfg_scale != 1): logits = uncond + cfg_scale * (cond - uncond).
     With cfg_interval >= 0, as in the reference release, guidance covers tokens 0..cfg_interval + 1 and the
-    conditional logits alone are used after that."""
+    conditional logits alone are used after that.
+
+    Speed options (the same tokens in float32): `static` decodes with shapes that do not depend on the
+    position (the whole cache, masked), which `compile` captures as CUDA graphs with torch.compile
+    (CUDA only); `dtype=torch.bfloat16` runs the model under autocast (CUDA, or CPUs with bf16 support)."""
     _check_sampling_args(cfg_scale, temperature, top_k, top_p)
     model.check_cond(cond)
     n = num_tokens or model.num_tokens
     if not 0 < n <= model.num_tokens:
         raise ValueError(f"num_tokens must be in [1, {model.num_tokens}], got {n}")
+    device = cond.device
+    if compile and device.type != "cuda":
+        raise ValueError("compile=True captures CUDA graphs and needs a CUDA device; use static=True on the CPU")
     batch = cond.shape[0]
     guided = cfg_scale != 1.0 and not model.config.frame_prediction
     if guided:
@@ -70,26 +97,33 @@ def generate(model: LARPAR, cond: torch.Tensor, *, cfg_scale: float = 1.0, cfg_i
             raise ValueError("classifier-free guidance needs a model trained with a null class "
                              "(class_dropout_prob > 0)")
         cond = torch.cat([cond, torch.full_like(cond, model.null_class)])
+    step_fn = _compiled_step() if compile else _decode_step
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype not in (None, torch.float32)
+                else contextlib.nullcontext())
 
     was_training = model.training
     model.eval()
     try:
-        caches = model.new_caches(cond.shape[0], model.cond_length + n - 1)
-        out = torch.empty(batch, n, dtype=torch.long, device=cond.device)
-        logits = model.forward_hidden(model.cond_embeddings(cond), caches, 0)[:, -1]  # (B or 2B, V)
-        pos = model.cond_length
-        for i in range(n):
-            logits = logits.float()
-            if guided:
-                c, u = logits[:batch], logits[batch:]
-                logits = u + cfg_scale * (c - u) if (cfg_interval < 0 or i <= cfg_interval + 1) else c
-            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            out[:, i] = token
-            if i == n - 1:
-                break
-            step_in = torch.cat([token, token]) if guided else token
-            logits = model.forward_hidden(model.tok_embeddings(step_in[:, None]), caches, pos)[:, -1]
-            pos += 1
+        with autocast:
+            caches = model.new_caches(cond.shape[0], model.cond_length + n - 1)
+            out = torch.empty(batch, n, dtype=torch.long, device=device)
+            step_in = torch.empty(cond.shape[0], dtype=torch.long, device=device)  # reused every step
+            pos = torch.tensor(model.cond_length, device=device) if (static or compile) else model.cond_length
+            logits = model.forward_hidden(model.cond_embeddings(cond), caches, 0)[:, -1]  # (B or 2B, V)
+            for i in range(n):
+                logits = logits.float()
+                if guided:
+                    c, u = logits[:batch], logits[batch:]
+                    logits = u + cfg_scale * (c - u) if (cfg_interval < 0 or i <= cfg_interval + 1) else c
+                token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+                out[:, i] = token
+                if i == n - 1:
+                    break
+                step_in[:batch] = token
+                if guided:
+                    step_in[batch:] = token
+                logits = step_fn(model, step_in, caches, pos)
+                pos += 1  # in place for a tensor: the captured graph reads the new value
     finally:
         model.train(was_training)
     return out

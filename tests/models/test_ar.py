@@ -146,3 +146,34 @@ def test_released_tokenizer_size():
     n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("prior_model."))
     assert 170e6 < n < 176e6, n
     assert model.num_tokens == 1024 and model.codebook_size == 8192
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_static_shape_decoding_gives_the_same_tokens(cfg_scale):
+    model = random_ar()
+    cond = torch.tensor([0, 3, 4])
+    assert torch.equal(generate(model, cond, cfg_scale=cfg_scale, top_k=1),
+                       generate(model, cond, cfg_scale=cfg_scale, top_k=1, static=True))
+    a = generate(model, cond, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(5))
+    b = generate(model, cond, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(5), static=True)
+    assert torch.equal(a, b)
+
+
+def test_static_decoding_with_grouped_query_attention_and_frame_prediction():
+    assert torch.equal(generate(random_ar(n_kv_head=2), torch.tensor([1]), top_k=1),
+                       generate(random_ar(n_kv_head=2), torch.tensor([1]), top_k=1, static=True))
+    cfg = ar_preset("ar-tiny")
+    cfg.frame_prediction, cfg.cls_token_num = True, 33
+    torch.manual_seed(0)
+    model = LARPAR(cfg).eval()
+    torch.nn.init.normal_(model.output.weight, std=0.5)
+    cond = torch.cat([torch.randint(0, 128, (2, 32)), torch.full((2, 1), 128)], dim=1)
+    assert torch.equal(model.generate(cond, top_k=1), model.generate(cond, top_k=1, static=True))
+
+
+def test_bfloat16_generation_and_compile_needs_cuda():
+    model = random_ar()
+    out = generate(model, torch.tensor([0, 1]), top_k=1, dtype=torch.bfloat16)
+    assert out.shape == (2, 32) and int(out.max()) < 128
+    with pytest.raises(ValueError, match="compile=True captures CUDA graphs and needs a CUDA device"):
+        generate(model, torch.tensor([0]), compile=True)

@@ -25,12 +25,24 @@ class KVCache:
         self.k = torch.zeros(batch, n_kv_head, length, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write positions [start, start + L) and return views of the filled prefix [0, start + L)."""
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Write positions [start, start + n); return the keys and values to attend to, and a mask.
+
+        With an int `start` these are views of the filled prefix [0, start + n) and no mask is needed. With a
+        0-d tensor `start` (the static-shape path that CUDA graphs capture) they are the whole cache, and
+        the mask (n, L) hides the positions not yet written."""
+        n = k.shape[2]
+        if isinstance(start, int):
+            end = start + n
+            self.k[:, :, start:end] = k
+            self.v[:, :, start:end] = v
+            return self.k[:, :, :end], self.v[:, :, :end], None
+        pos = start + torch.arange(n, device=k.device)
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        mask = torch.arange(self.k.shape[2], device=k.device)[None, :] <= pos[:, None]  # (n, L)
+        return self.k, self.v, mask
 
 
 class Attention(nn.Module):
@@ -44,20 +56,23 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         b, n, d = x.shape
         kv = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([d, kv, kv], dim=-1)
         q = q.view(b, n, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
         k = k.view(b, n, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(b, n, self.n_kv_head, self.head_dim).transpose(1, 2)
+        mask = None
         if cache is not None:
-            k, v = cache.update(start, k, v)  # (B, H_kv, start + n, hd): the filled prefix only
+            k, v, mask = cache.update(start, k, v)  # the filled prefix only (or all of it, masked)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.attn_dropout_p if self.training else 0.0
-        if n == 1:  # one new token attends to the whole prefix
+        if mask is not None:  # static shapes: the whole cache, unwritten positions masked
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif n == 1:  # one new token attends to the whole prefix
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         elif k.shape[2] == n:  # prefill or training: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -78,7 +93,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), cache, start))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
@@ -192,10 +207,16 @@ class LARPAR(HubModelMixin, nn.Module):
             return self.tok_embeddings(cond)
         return self.cls_embedding(cond, generator).unsqueeze(1)
 
-    def forward_hidden(self, h: torch.Tensor, caches: list[KVCache] | None = None, start: int = 0
+    def forward_hidden(self, h: torch.Tensor, caches: list[KVCache] | None = None, start: int | torch.Tensor = 0
                        ) -> torch.Tensor:
-        """Embedded positions [start, start + L) -> (B, L, vocab) logits, using and filling `caches`."""
-        h = self.tok_dropout(h) + self.abs_pe[:, start:start + h.shape[1]]
+        """Embedded positions [start, start + L) -> (B, L, vocab) logits, using and filling `caches`.
+
+        `start` may be a 0-d tensor: then every shape is independent of the position (CUDA graphs)."""
+        if isinstance(start, int):
+            pe = self.abs_pe[:, start:start + h.shape[1]]
+        else:
+            pe = self.abs_pe.index_select(1, start + torch.arange(h.shape[1], device=h.device))
+        h = self.tok_dropout(h) + pe
         for i, layer in enumerate(self.layers):
             h = layer(h, caches[i] if caches is not None else None, start)
         return self.output(self.norm(h))
@@ -222,9 +243,11 @@ class LARPAR(HubModelMixin, nn.Module):
     @torch.no_grad()
     def generate(self, cond: torch.Tensor, cfg_scale: float = 1.0, cfg_interval: int = -1,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """KV-cached sampling of (B, N) tokens; see `larp.sampling.generate`."""
+                 generator: torch.Generator | None = None, static: bool = False, compile: bool = False,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+        """KV-cached sampling of (B, N) tokens; see `larp.sampling.generate` (and its speed options)."""
         from ..sampling import generate
 
         return generate(self, cond, cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature,
-                        top_k=top_k, top_p=top_p, generator=generator)
+                        top_k=top_k, top_p=top_p, generator=generator, static=static, compile=compile,
+                        dtype=dtype)
