@@ -72,7 +72,8 @@ class ARTask:
         self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed)
                         if data.val_csv and self.tokenizer is not None else None)
         self.ema = make_ema(self.model, run.ema_decay)
-        self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
+        self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
+                                     fused=ctx.device.type == "cuda")
         self.sched = make_scheduler(self.opt, o, run.max_steps)
         self.scaler = ctx.grad_scaler()
         self.train_model = ctx.maybe_compile(ctx.wrap(self.model))

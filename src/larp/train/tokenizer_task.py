@@ -118,11 +118,12 @@ class TokenizerTask:
         groups = [{"params": others, "lr": o.lr}]
         if prior:
             groups.append({"params": prior, "lr": o.lr * o.prior_lr_mult})
-        self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay)
+        fused = ctx.device.type == "cuda"  # one kernel per step for all parameters
+        self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         self.sched_g = make_scheduler(self.opt_g, o, run.max_steps)
         if self.disc is not None:
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=recipe.discriminator.lr,
-                                          betas=recipe.discriminator.betas)
+                                          betas=recipe.discriminator.betas, fused=fused)
             self.sched_d = make_scheduler(self.opt_d, o, run.max_steps)
         self.scaler = ctx.grad_scaler()
         self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
