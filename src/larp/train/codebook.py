@@ -67,6 +67,18 @@ class CodebookMonitor:
         self.last_hit[counts > 0] = self.step
         self.step += 1
 
+    def state_dict(self) -> dict[str, object]:
+        """Everything needed to resume the statistics exactly (saved in training checkpoints)."""
+        recent = torch.stack(list(self._recent)) if self._recent else torch.zeros(0, self.codebook_size,
+                                                                                  dtype=torch.long)
+        return {"step": self.step, "recent": recent, "last_hit": self.last_hit.clone(), "warned": self._warned}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.step = int(state["step"])  # type: ignore[arg-type]
+        self._recent = deque(list(state["recent"]), maxlen=self.window)  # type: ignore[arg-type]
+        self.last_hit = state["last_hit"].clone()  # type: ignore[union-attr]
+        self._warned = bool(state["warned"])
+
     def counts(self) -> torch.Tensor:
         """(K,) how often each code was chosen in the window."""
         if not self._recent:
@@ -310,6 +322,13 @@ class AntiCollapse:
         stats["codes_reinitialised"] = float(n)
         stats["temperature"] = float(self.model.bottleneck.regularizer.temperature)
         return stats
+
+    def state_dict(self) -> dict[str, object]:
+        return {"monitor": self.monitor.state_dict(), "reinitialised": self.reinitialised}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.monitor.load_state_dict(state["monitor"])  # type: ignore[arg-type]
+        self.reinitialised = int(state["reinitialised"])  # type: ignore[arg-type]
 
     def close(self) -> None:
         if self._hook is not None:
