@@ -194,3 +194,22 @@ def test_engine_refuses_a_dataset_smaller_than_a_batch(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch of 64"):
         train(recipe, TokenizerTask)
     assert isinstance(Engine, type)
+
+
+def test_evaluation_reports_metrics_and_writes_pictures(tiny_data, tmp_path, monkeypatch):
+    from larp import losses
+    from larp.train import tokenizer_task
+    from larp.train.engine import setup_context
+
+    # With the VGG weights present, evaluation adds LPIPS (a random trunk stands in for them here).
+    monkeypatch.setattr(tokenizer_task, "require_vgg_weights", lambda: tmp_path)
+    monkeypatch.setattr(tokenizer_task, "PerceptualLoss", lambda: losses.PerceptualLoss(pretrained_trunk=False))
+    recipe = tiny_recipe(tiny_data, tmp_path / "ev", "loss.gan_weight=0")
+    task = TokenizerTask(recipe, setup_context(recipe.run))
+    metrics = task.evaluate(7, tmp_path)
+    assert set(metrics) == {"val/psnr", "val/ssim", "val/lpips", "val/prior_top1", "val/prior_top5",
+                            "val/codebook_usage", "val/codebook_perplexity"}
+    assert 0 < metrics["val/psnr"] < 60 and 0 <= metrics["val/prior_top5"] <= 1
+    assert metrics["val/lpips"] > 0 and 0 < metrics["val/codebook_usage"] <= 1
+    assert (tmp_path / "samples" / "recon_step00000007.png").stat().st_size > 0
+    assert (tmp_path / "samples" / "recon_step00000007.gif").stat().st_size > 0

@@ -25,6 +25,7 @@ from ..losses import (
     generator_adversarial_loss,
     pixel_loss,
     r1_penalty,
+    require_vgg_weights,
 )
 from ..models.tokenizer import LARPTokenizer
 from .codebook import AntiCollapse, CodebookMonitor
@@ -93,6 +94,13 @@ class TokenizerTask:
 
         # Losses that need weights are built first, so a missing file fails before any work.
         self.perceptual = PerceptualLoss().to(device) if loss.perceptual_weight > 0 else None
+        self.eval_lpips = self.perceptual  # evaluation reports LPIPS whenever the VGG weights are present
+        if self.eval_lpips is None and data.val_csv:
+            try:
+                require_vgg_weights()
+                self.eval_lpips = PerceptualLoss().to(device)
+            except (FileNotFoundError, ValueError):
+                pass
         self.disc: nn.Module | None = None
         if loss.gan_weight > 0:
             d = recipe.discriminator
@@ -242,6 +250,8 @@ class TokenizerTask:
             monitor.update(out.indices)
             sums["val/psnr"] += float(psnr(recon, video).sum())
             sums["val/ssim"] += float(ssim(recon, video).sum())
+            if self.eval_lpips is not None:
+                sums["val/lpips"] = sums.get("val/lpips", 0.0) + float(self.eval_lpips(recon, video)) * video.shape[0]
             if out.prior is not None:
                 sums["val/prior_top1"] += float(out.prior.top1) * video.shape[0]
                 sums["val/prior_top5"] += float(out.prior.top5) * video.shape[0]
