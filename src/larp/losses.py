@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.models.layers import PatchEmbed3D, sincos_3d, vit_block
+from larp.models.layers import PatchEmbed3D, init_vit_weights_, sincos_3d, vit_block
 
 # ---------------------------------------------------------------------------------------------------------
 # Pixel loss
@@ -191,15 +191,7 @@ class VideoDiscriminator(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # The tokenizer's initialisation: xavier-uniform Linears with zero bias, the conv like a Linear.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        init_vit_weights_(self, self.patch_embed)  # the tokenizer's initialisation
         nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(self, video: Tensor) -> Tensor:

@@ -70,6 +70,19 @@ class PatchEmbed3D(nn.Module):
         return rearrange(x, "b d t h w -> b (t h w) d")
 
 
+def init_vit_weights_(module: nn.Module, patch_embed: PatchEmbed3D) -> None:
+    """The reference initialisation: xavier-uniform Linears with zero bias, the patch conv like a Linear
+    over the flattened patch."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    w = patch_embed.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(patch_embed.proj.bias)
+
+
 def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], temporal_patch: int, patch: int,
                channels: int) -> torch.Tensor:
     """(B, t*h*w, pt*p*p*C) -> (B, C, t*pt, h*p, w*p); the inverse of the decoder's patch layout."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import TokenizerConfig
 from .hub import HubModelMixin
-from .layers import JointTransformer, PatchEmbed3D, sincos_1d, sincos_3d, unpatchify
+from .layers import JointTransformer, PatchEmbed3D, init_vit_weights_, sincos_1d, sincos_3d, unpatchify
 from .prior import GPTC
 from .quantizer import Bottleneck, QuantizerOutput
 
@@ -79,14 +79,7 @@ class LARPTokenizer(HubModelMixin, nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear over the flattened patch
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        init_vit_weights_(self, self.x_embedder)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
