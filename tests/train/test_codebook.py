@@ -238,3 +238,16 @@ def test_options_validate():
         AntiCollapse(tiny(), CodebookOptions(monitor_window=0))
     with pytest.raises(ValueError, match="init_from_encoder needs videos"):
         AntiCollapse(tiny(), CodebookOptions(init_from_encoder=True)).setup()
+
+
+def test_monitor_state_round_trip_resumes_exactly():
+    a = CodebookMonitor(16, window=3)
+    for step in range(5):
+        a.update(torch.tensor([step, step + 1]))
+    b = CodebookMonitor(16, window=3)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.update(torch.tensor([9]))
+    assert torch.equal(a.counts(), b.counts())
+    assert torch.equal(a.dead_codes(2), b.dead_codes(2))
+    assert a.stats() == b.stats()

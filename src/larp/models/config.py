@@ -312,9 +312,13 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     "larp-tiny": _tokenizer(128, 8, "gptc-XXS", bottleneck_token_num=32, input_size=32, frame_num=8,
                             encoder_hidden_size=64, decoder_hidden_size=64, encoder_num_heads=4,
                             decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
-    "larp-sanity-32": _tokenizer(1024, 16, "gptc-XXS", bottleneck_token_num=16, input_size=32, frame_num=8,
+    # `larp-sanity-32`: the solid-colour sanity check of issue 8 (no prior; sampling temperature 0.01,
+    # which measured better than 0.03 at this size).
+    "larp-sanity-32": _tokenizer(1024, 16, "none", bottleneck_token_num=16, input_size=32, frame_num=8,
                                  encoder_hidden_size=128, decoder_hidden_size=128, encoder_num_heads=4,
-                                 decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
+                                 decoder_num_heads=4, encoder_depth=2, decoder_depth=2,
+                                 bottleneck=BottleneckConfig(args=BottleneckArgs(regularizer=RegularizerConfig(
+                                     args=VQArgs(stochastic_temperature=0.01))))),
     # 64 tokens of 16x16x4 patches, 128 wide, 2+2 layers: about 0.25 CPU-seconds per training step, so
     # that a thousand steps fit the demo's budget.
     "larp-synthetic-64": _tokenizer(1024, 16, "gptc-XXS", bottleneck_token_num=64, input_size=64,
