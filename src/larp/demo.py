@@ -171,7 +171,7 @@ class Demo:
         tok = self._tokenizer()
         val = VideoCSVDataset(self._data()["val"], num_frames=self.cfg.frames, size=self.cfg.size, seed=self.cfg.seed)
         monitor = CodebookMonitor(tok.codebook_size, window=10**6)
-        psnrs, ssims, kept, shown = [], [], [], None
+        psnrs, ssims, kept = [], [], []
         for start in tqdm(range(0, len(val), 16), desc="reconstruct"):
             items = [val[i] for i in range(start, min(start + 16, len(val)))]
             video = torch.stack([it["video"] for it in items])
@@ -182,8 +182,10 @@ class Demo:
             ssims += ssim(recon, video).tolist()
             labels = np.array([it["label"] for it in items])
             kept += (classify_clips(recon, self.cfg.classes) == labels).tolist()
-            if shown is None:
-                shown = torch.cat([video[:6], recon[:6]])
+        # One clip of each of the first six classes (the CSV is ordered by class), over its reconstruction.
+        firsts = [val.labels.index(k) for k in range(min(6, self.cfg.classes)) if k in val.labels]
+        real = torch.stack([val[i]["video"] for i in firsts])
+        shown = torch.cat([real, tok.decode(tok.encode(real)).clamp(0, 1)])
         stats = monitor.stats()
         pics = self.out / "pictures"
         write_png_grid(pics / "recon.png", shown)
