@@ -26,59 +26,24 @@ import torch.nn.functional as F
 
 from larp import LARPTokenizer, TokenizerConfig, tokenizer_preset
 from larp.config_utils import apply_overrides, to_dict
-from larp.train.codebook import AntiCollapse, CodebookOptions
+from larp.data.synthetic import solid_color_clips, synthetic_clip
+from larp.train.codebook import AntiCollapse, CodebookOptions, apply_init
 
 
 # ------------------------------------------------------------------------------------------------- data
-def _synthetic_module():
-    try:
-        from larp.data import synthetic
-    except ImportError:  # the data helper's module is not there yet
-        return None
-    return synthetic
+def _to_tensor(clips: np.ndarray) -> torch.Tensor:
+    """uint8 (n, T, H, W, 3) -> float (n, 3, T, H, W) in [0, 1]."""
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255
 
 
 def solid_clips(n: int, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """(n, 3, T, H, W) float clips, each one random solid colour."""
-    mod = _synthetic_module()
-    if mod is not None and hasattr(mod, "solid_color_clips"):
-        clips = mod.solid_color_clips(n, frames, size, seed=int(rng.integers(2**31)))  # (n, T, H, W, 3)
-        return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255
-    colours = rng.random((n, 3, 1, 1, 1), dtype=np.float32)
-    return torch.from_numpy(np.broadcast_to(colours, (n, 3, frames, size, size)).copy())
-
-
-def _standin_clip(class_id: int, rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
-    """Stand-in for larp.data.synthetic.synthetic_clip: (T, H, W, 3) uint8, one shape over a texture."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    f1, f2 = rng.uniform(1, 4, 2)
-    bg = (0.5 + 0.25 * np.sin(2 * np.pi * (f1 * xx + rng.random())) * np.cos(2 * np.pi * (f2 * yy + rng.random())))
-    bg = bg[..., None] * rng.uniform(0.3, 1.0, 3)[None, None]
-    colour = rng.uniform(0, 1, 3)
-    r = size * rng.uniform(0.12, 0.2)
-    cx, cy = rng.uniform(r, size - r, 2)
-    speed = rng.uniform(1.0, 2.5) * (1 if rng.random() < 0.5 else -1)
-    shape, vertical = class_id % 5, class_id >= 5
-    out = np.empty((frames, size, size, 3), np.float32)
-    for t in range(frames):
-        x0 = cx + (0 if vertical else speed * t)
-        y0 = cy + (speed * t if vertical else 0)
-        x0, y0 = (x0 - r) % (size - 2 * r) + r, (y0 - r) % (size - 2 * r) + r
-        dx, dy = (xx * size - x0), (yy * size - y0)
-        masks = [dx**2 + dy**2 < r**2, np.maximum(abs(dx), abs(dy)) < r * 0.85,
-                 (dy > -r) & (abs(dx) < (r - dy) / 2), (abs(dx) < r / 3) | (abs(dy) < r / 3),
-                 (dx**2 + dy**2 < r**2) & (dx**2 + dy**2 > (r / 2) ** 2)]
-        m = masks[shape] & (np.maximum(abs(dx), abs(dy)) < r)
-        out[t] = np.where(m[..., None], colour, bg)
-    return (out * 255).round().astype(np.uint8)
+    """(n, 3, T, H, W) clips, each one random solid colour."""
+    return _to_tensor(solid_color_clips(n, frames, size, seed=int(rng.integers(2**31))))
 
 
 def synthetic_clips(n: int, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """(n, 3, T, H, W) float clips of the synthetic data set, classes in turn."""
-    mod = _synthetic_module()
-    make = mod.synthetic_clip if mod is not None and hasattr(mod, "synthetic_clip") else _standin_clip
-    clips = np.stack([make(i % 10, rng, frames, size) for i in range(n)])  # (n, T, H, W, 3)
-    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255
+    """(n, 3, T, H, W) clips of the synthetic data set, classes in turn."""
+    return _to_tensor(np.stack([synthetic_clip(i % 10, rng, frames, size) for i in range(n)]))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -132,6 +97,69 @@ def evaluate(model: LARPTokenizer, val: torch.Tensor, args: argparse.Namespace) 
     return out
 
 
+# ------------------------------------------------------------------------------------------ linear start
+# An experimental initialisation (docs/small_scale_recipes.md): start the model close to a per-region linear
+# autoencoder so that the decoder depends on its latents from the first step. Research code, not library code.
+def _fit_routing(block: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 400) -> float:
+    """Fit the q/k weights of `block` so that its attention over inputs x (B, L, D) follows target (L, L).
+
+    Returns the attention mass that lands where the target puts it (1.0 = exact)."""
+    attn, d = block.attn, x.shape[-1]
+    heads = attn.num_heads
+    xn = block.norm1(x).detach()
+    wq = attn.qkv.weight[:d].detach().clone().requires_grad_(True)
+    wk = attn.qkv.weight[d:2 * d].detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([wq, wk], lr=3e-2)
+    for _ in range(steps):
+        q = (xn @ wq.t()).unflatten(-1, (heads, d // heads)).transpose(1, 2)  # (B, heads, L, dh)
+        k = (xn @ wk.t()).unflatten(-1, (heads, d // heads)).transpose(1, 2)
+        logp = torch.log_softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), -1)
+        loss = -(target * logp).sum(-1).mean() + 1e-4 * (wq.square().sum() + wk.square().sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        attn.qkv.weight[:d] = wq
+        attn.qkv.weight[d:2 * d] = wk
+    return float((logp.exp() * target).sum(-1).mean())
+
+
+def linear_start(model: LARPTokenizer, videos: torch.Tensor, x_scale: float, out_scale: float) -> dict:
+    """Zero residual branches after the first attention, stronger content than position in the patch and
+    latent tokens, and first-block attention fitted so that latent i reads (and is read by) its own region."""
+    c = model.config
+    n, n_p = c.bottleneck_token_num, model.encoder_patch_pe.shape[1]
+    owner = torch.arange(n_p) * n // n_p  # latent i covers a contiguous run of patches in (t, h, w) order
+    with torch.no_grad():
+        for blocks in (model.encoder.blocks, model.decoder.blocks):
+            for i, blk in enumerate(blocks):
+                torch.nn.init.zeros_(blk.mlp.fc2.weight)
+                if i > 0:
+                    torch.nn.init.zeros_(blk.attn.proj.weight)
+        w = model.x_embedder.proj.weight
+        w.mul_(x_scale)
+        mean = videos.mean((0, 2, 3, 4))  # remove the response to the mean colour
+        model.x_embedder.proj.bias.copy_(-(w.sum((2, 3, 4)) * mean).sum(1))
+        model.bottleneck.out_linear.weight.mul_(out_scale)
+        queries = model.encoder_latent_query_embed.unsqueeze(0).expand(len(videos), -1, -1)
+        h = torch.cat([model.embed(videos), queries], 1)
+    target = torch.zeros(n_p + n, n_p + n)
+    target[torch.arange(n_p), torch.arange(n_p)] = 1.0
+    target[n_p + owner, torch.arange(n_p)] = 1.0
+    target[n_p:] /= target[n_p:].sum(-1, keepdim=True)
+    enc = _fit_routing(model.encoder.blocks[0], h, target)
+    with torch.no_grad():
+        z = model.bottleneck.project(model.encode_continuous(videos))
+        patches = model.decoder_patch_query_embed + model.decoder_patch_query_token_type_embed
+        h = torch.cat([model.bottleneck.out_linear(z) + model.decoder_latent_pe,
+                       patches.expand(len(videos), -1, -1)], 1)
+    target = torch.zeros(n + n_p, n + n_p)
+    target[torch.arange(n), torch.arange(n)] = 1.0
+    target[n + torch.arange(n_p), owner] = 1.0
+    dec = _fit_routing(model.decoder.blocks[0], h, target)
+    return {"routing_encoder": round(enc, 3), "routing_decoder": round(dec, 3)}
+
+
 # --------------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
@@ -149,7 +177,12 @@ def train(args: argparse.Namespace) -> dict:
         v = train_set[torch.randint(0, len(train_set), (args.batch,), generator=gen)]
         return torch.where(torch.rand(()) < 0.5, v, v.flip(-1)) if args.flip else v
 
-    options = CodebookOptions(final_layer_init_std=args.final_init_std, query_init_std=args.query_std,
+    routing = {}
+    if args.linear_start:  # after the init options (the routing fit sees the final queries), before the codebook
+        apply_init(model, args.final_init_std, args.query_std, gen)
+        routing = linear_start(model, torch.cat([batch() for _ in range(2)]), args.x_scale, args.out_scale)
+    options = CodebookOptions(final_layer_init_std=None if args.linear_start else args.final_init_std,
+                              query_init_std=None if args.linear_start else args.query_std,
                               init_from_encoder=args.init_from_encoder, dead_code_steps=args.dead_code_steps,
                               temperature_start=args.temp_start, temperature_anneal_steps=args.temp_anneal_steps,
                               monitor_window=args.window)
@@ -163,7 +196,11 @@ def train(args: argparse.Namespace) -> dict:
     history, stats = [], {}
     t0, c0 = time.perf_counter(), time.process_time()  # CPU time: what a run costs on an idle machine
     model.train()
+    readout = [p for name, p in model.named_parameters() if not name.startswith("final_layer.")]
     for step in range(args.steps):
+        if args.readout_steps:  # train only the output layer at first, so the content path is not shut off
+            for p in readout:
+                p.requires_grad_(step >= args.readout_steps)
         warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
         decay = 0.5 * (1 + math.cos(math.pi * step / args.steps)) if args.cosine else 1.0
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
@@ -207,7 +244,9 @@ def train(args: argparse.Namespace) -> dict:
         "options": {k: getattr(args, k) for k in ("lr", "betas", "lr_mult", "warmup", "cosine", "l1", "l2",
                                                   "l2_steps", "vq_weight", "prior_weight", "final_init_std",
                                                   "query_std", "init_from_encoder", "dead_code_steps",
-                                                  "temp_start", "temp_anneal_steps", "continuous", "grad_clip")},
+                                                  "temp_start", "temp_anneal_steps", "continuous", "grad_clip",
+                                                  "linear_start", "x_scale", "out_scale", "readout_steps")},
+        **routing,
         **{k: round(x, 4) for k, x in ev.items()},
         "train_usage": round(stats.get("codebook_usage", float("nan")), 4),
         "train_perplexity": round(stats.get("codebook_perplexity", float("nan")), 1),
@@ -250,6 +289,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temp-start", type=float, default=None)
     p.add_argument("--temp-anneal-steps", type=int, default=0)
     p.add_argument("--continuous", action="store_true", help="bypass the quantiser (diagnosis only)")
+    p.add_argument("--linear-start", action="store_true", help="experimental near-linear initialisation")
+    p.add_argument("--x-scale", type=float, default=5.0, help="linear start: patch-embedding gain")
+    p.add_argument("--out-scale", type=float, default=10.0, help="linear start: out_linear gain")
+    p.add_argument("--readout-steps", type=int, default=0, help="train only final_layer for this many steps")
     p.add_argument("--window", type=int, default=50, help="codebook usage window in steps")
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
