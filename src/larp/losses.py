@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from larp.eval.metrics import VGG_FILENAME, VGG_SIZE, VGG_URL
 from larp.models.layers import PatchEmbed3D, init_vit_weights_, sincos_3d, vit_block
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,9 +46,8 @@ def pixel_loss(recon: Tensor, target: Tensor, kind: Literal["l1", "l2"] = "l1") 
 # Perceptual loss (LPIPS-VGG)
 # ---------------------------------------------------------------------------------------------------------
 
-VGG16_FILE = "vgg16-397923af.pth"
-VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
-VGG16_BYTES = 553_433_881
+# The weights file is described once, in eval.metrics (which also may download it; this module never does).
+VGG16_FILE, VGG16_URL, VGG16_BYTES = VGG_FILENAME, VGG_URL, VGG_SIZE
 
 
 def require_vgg_weights() -> Path:
