@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from larp import LARPTokenizer, TokenizerConfig, tokenizer_preset
 from larp.config_utils import apply_overrides, to_dict
 from larp.data.synthetic import solid_color_clips, synthetic_clip
-from larp.train.codebook import AntiCollapse, CodebookOptions, apply_init
+from larp.train.codebook import AntiCollapse, CodebookOptions
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -54,14 +54,16 @@ def build_model(args: argparse.Namespace) -> LARPTokenizer:
 
 
 def param_groups(model: LARPTokenizer, lr: float, mult: dict[str, float]) -> list[dict]:
-    """Parameters split into encoder / codebook / decoder / prior, each with its own lr multiplier."""
-    groups: dict[str, list] = {"encoder": [], "codebook": [], "decoder": [], "prior": []}
+    """Parameters split into embed / encoder / codebook / decoder / prior, each with its own lr multiplier."""
+    groups: dict[str, list] = {"embed": [], "encoder": [], "codebook": [], "decoder": [], "prior": []}
     for name, p in model.named_parameters():
-        if name.startswith("prior_model."):
+        if name.startswith("x_embedder."):
+            groups["embed"].append(p)
+        elif name.startswith("prior_model."):
             groups["prior"].append(p)
         elif name.startswith("bottleneck.regularizer."):
             groups["codebook"].append(p)
-        elif name.startswith(("x_embedder.", "encoder", "bottleneck.in_linear.")):
+        elif name.startswith(("encoder", "bottleneck.in_linear.")):
             groups["encoder"].append(p)
         else:
             groups["decoder"].append(p)
@@ -97,69 +99,6 @@ def evaluate(model: LARPTokenizer, val: torch.Tensor, args: argparse.Namespace) 
     return out
 
 
-# ------------------------------------------------------------------------------------------ linear start
-# An experimental initialisation (docs/small_scale_recipes.md): start the model close to a per-region linear
-# autoencoder so that the decoder depends on its latents from the first step. Research code, not library code.
-def _fit_routing(block: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 400) -> float:
-    """Fit the q/k weights of `block` so that its attention over inputs x (B, L, D) follows target (L, L).
-
-    Returns the attention mass that lands where the target puts it (1.0 = exact)."""
-    attn, d = block.attn, x.shape[-1]
-    heads = attn.num_heads
-    xn = block.norm1(x).detach()
-    wq = attn.qkv.weight[:d].detach().clone().requires_grad_(True)
-    wk = attn.qkv.weight[d:2 * d].detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([wq, wk], lr=3e-2)
-    for _ in range(steps):
-        q = (xn @ wq.t()).unflatten(-1, (heads, d // heads)).transpose(1, 2)  # (B, heads, L, dh)
-        k = (xn @ wk.t()).unflatten(-1, (heads, d // heads)).transpose(1, 2)
-        logp = torch.log_softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), -1)
-        loss = -(target * logp).sum(-1).mean() + 1e-4 * (wq.square().sum() + wk.square().sum())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        attn.qkv.weight[:d] = wq
-        attn.qkv.weight[d:2 * d] = wk
-    return float((logp.exp() * target).sum(-1).mean())
-
-
-def linear_start(model: LARPTokenizer, videos: torch.Tensor, x_scale: float, out_scale: float) -> dict:
-    """Zero residual branches after the first attention, stronger content than position in the patch and
-    latent tokens, and first-block attention fitted so that latent i reads (and is read by) its own region."""
-    c = model.config
-    n, n_p = c.bottleneck_token_num, model.encoder_patch_pe.shape[1]
-    owner = torch.arange(n_p) * n // n_p  # latent i covers a contiguous run of patches in (t, h, w) order
-    with torch.no_grad():
-        for blocks in (model.encoder.blocks, model.decoder.blocks):
-            for i, blk in enumerate(blocks):
-                torch.nn.init.zeros_(blk.mlp.fc2.weight)
-                if i > 0:
-                    torch.nn.init.zeros_(blk.attn.proj.weight)
-        w = model.x_embedder.proj.weight
-        w.mul_(x_scale)
-        mean = videos.mean((0, 2, 3, 4))  # remove the response to the mean colour
-        model.x_embedder.proj.bias.copy_(-(w.sum((2, 3, 4)) * mean).sum(1))
-        model.bottleneck.out_linear.weight.mul_(out_scale)
-        queries = model.encoder_latent_query_embed.unsqueeze(0).expand(len(videos), -1, -1)
-        h = torch.cat([model.embed(videos), queries], 1)
-    target = torch.zeros(n_p + n, n_p + n)
-    target[torch.arange(n_p), torch.arange(n_p)] = 1.0
-    target[n_p + owner, torch.arange(n_p)] = 1.0
-    target[n_p:] /= target[n_p:].sum(-1, keepdim=True)
-    enc = _fit_routing(model.encoder.blocks[0], h, target)
-    with torch.no_grad():
-        z = model.bottleneck.project(model.encode_continuous(videos))
-        patches = model.decoder_patch_query_embed + model.decoder_patch_query_token_type_embed
-        h = torch.cat([model.bottleneck.out_linear(z) + model.decoder_latent_pe,
-                       patches.expand(len(videos), -1, -1)], 1)
-    target = torch.zeros(n + n_p, n + n_p)
-    target[torch.arange(n), torch.arange(n)] = 1.0
-    target[n + torch.arange(n_p), owner] = 1.0
-    dec = _fit_routing(model.decoder.blocks[0], h, target)
-    return {"routing_encoder": round(enc, 3), "routing_decoder": round(dec, 3)}
-
-
 # --------------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
@@ -177,18 +116,16 @@ def train(args: argparse.Namespace) -> dict:
         v = train_set[torch.randint(0, len(train_set), (args.batch,), generator=gen)]
         return torch.where(torch.rand(()) < 0.5, v, v.flip(-1)) if args.flip else v
 
-    routing = {}
-    if args.linear_start:  # after the init options (the routing fit sees the final queries), before the codebook
-        apply_init(model, args.final_init_std, args.query_std, gen)
-        routing = linear_start(model, torch.cat([batch() for _ in range(2)]), args.x_scale, args.out_scale)
-    options = CodebookOptions(final_layer_init_std=None if args.linear_start else args.final_init_std,
-                              query_init_std=None if args.linear_start else args.query_std,
+    options = CodebookOptions(final_layer_init_std=args.final_init_std, query_init_std=args.query_std,
+                              local_linear_init=args.local_init,
                               init_from_encoder=args.init_from_encoder, dead_code_steps=args.dead_code_steps,
                               temperature_start=args.temp_start, temperature_anneal_steps=args.temp_anneal_steps,
                               monitor_window=args.window)
     ac = AntiCollapse(model, options, generator=gen)
-    ac.setup(torch.cat([batch() for _ in range(max(1, 2048 // (args.batch * c.bottleneck_token_num) + 1))])
-             if args.init_from_encoder else None)
+    n_init = max(64 if args.local_init else 1, 2048 // c.bottleneck_token_num + 1)  # clips for data-dependent init
+    ac.setup(torch.cat([batch() for _ in range(math.ceil(n_init / args.batch))])
+             if args.init_from_encoder or args.local_init else None)
+    routing = {k: round(v, 3) for k, v in ac.init_report.items()}
     mult = dict(kv.split("=") for kv in args.lr_mult)
     opt = torch.optim.Adam(param_groups(model, args.lr, {k: float(v) for k, v in mult.items()}),
                            betas=tuple(args.betas))
@@ -196,11 +133,7 @@ def train(args: argparse.Namespace) -> dict:
     history, stats = [], {}
     t0, c0 = time.perf_counter(), time.process_time()  # CPU time: what a run costs on an idle machine
     model.train()
-    readout = [p for name, p in model.named_parameters() if not name.startswith("final_layer.")]
     for step in range(args.steps):
-        if args.readout_steps:  # train only the output layer at first, so the content path is not shut off
-            for p in readout:
-                p.requires_grad_(step >= args.readout_steps)
         warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
         decay = 0.5 * (1 + math.cos(math.pi * step / args.steps)) if args.cosine else 1.0
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
@@ -245,7 +178,7 @@ def train(args: argparse.Namespace) -> dict:
                                                   "l2_steps", "vq_weight", "prior_weight", "final_init_std",
                                                   "query_std", "init_from_encoder", "dead_code_steps",
                                                   "temp_start", "temp_anneal_steps", "continuous", "grad_clip",
-                                                  "linear_start", "x_scale", "out_scale", "readout_steps")},
+                                                  "local_init")},
         **routing,
         **{k: round(x, 4) for k, x in ev.items()},
         "train_usage": round(stats.get("codebook_usage", float("nan")), 4),
@@ -289,10 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temp-start", type=float, default=None)
     p.add_argument("--temp-anneal-steps", type=int, default=0)
     p.add_argument("--continuous", action="store_true", help="bypass the quantiser (diagnosis only)")
-    p.add_argument("--linear-start", action="store_true", help="experimental near-linear initialisation")
-    p.add_argument("--x-scale", type=float, default=5.0, help="linear start: patch-embedding gain")
-    p.add_argument("--out-scale", type=float, default=10.0, help="linear start: out_linear gain")
-    p.add_argument("--readout-steps", type=int, default=0, help="train only final_layer for this many steps")
+    p.add_argument("--local-init", action="store_true", help="larp.train.local_init.local_linear_init")
     p.add_argument("--window", type=int, default=50, help="codebook usage window in steps")
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")

@@ -34,13 +34,13 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
 TOKENIZER_RECIPE = [
     "model.preset=larp-synthetic-64",
     "data.num_frames=16", "data.size=64", "data.batch_size=8", "data.num_workers=0", "data.val_clips=64",
-    "optim.lr=3e-4", "optim.betas=[0.9, 0.99]", "optim.warmup_steps=50", "optim.min_lr_ratio=0.1",
-    "optim.grad_clip=1.0", "optim.prior_lr_mult=1.0",
+    "optim.lr=3e-4", "optim.betas=[0.9, 0.99]", "optim.warmup_steps=20", "optim.min_lr_ratio=0.1",
+    "optim.grad_clip=1.0", "optim.prior_lr_mult=1.0", "optim.embed_lr_mult=0.01",
     "loss.pixel=l1", "loss.l2_weight=1.0", "loss.perceptual_weight=0", "loss.gan_weight=0", "loss.vq_weight=0.1",
     "loss.prior_weight=0.06",
-    "codebook.final_layer_init_std=0.02", "codebook.query_init_std=1.0", "codebook.init_from_encoder=true",
-    "codebook.dead_code_steps=20",
-    "run.threads=1", "run.max_steps=700", "run.log_every=10", "run.eval_every=175", "run.ckpt_every=175", "run.keep_last=2",
+    "codebook.local_linear_init=true", "codebook.init_from_encoder=true", "codebook.init_kmeans_iters=10",
+    "codebook.dead_code_steps=50",
+    "run.threads=1", "run.max_steps=900", "run.log_every=10", "run.eval_every=225", "run.ckpt_every=225", "run.keep_last=2",
     "run.best_metric=val/psnr",
 ]
 AR_RECIPE = [

@@ -19,6 +19,7 @@ from larp.train.codebook import (
     init_codebook_from_encoder,
     reinit_dead_codes,
     set_temperature,
+    spherical_kmeans,
     temperature_at,
 )
 from tests.conftest import official
@@ -251,3 +252,39 @@ def test_monitor_state_round_trip_resumes_exactly():
     assert torch.equal(a.counts(), b.counts())
     assert torch.equal(a.dead_codes(2), b.dead_codes(2))
     assert a.stats() == b.stats()
+
+
+def test_spherical_kmeans_lowers_quantisation_distortion_and_keeps_unused_centres():
+    g = torch.Generator().manual_seed(0)
+    # Points around 8 directions; centres start on 8 of the points, some sharing a cluster.
+    directions = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    z = torch.nn.functional.normalize(directions.repeat(50, 1) + 0.2 * torch.randn(400, 16, generator=g), dim=-1)
+    start = z[:8].clone()
+    start[7] = -directions.mean(0)  # far from every point: gets no assignment
+    start = torch.nn.functional.normalize(start, dim=-1)
+
+    def distortion(centres: torch.Tensor) -> float:
+        return float(1 - (z @ centres.t()).max(-1).values.mean())
+
+    refined = spherical_kmeans(z, start, iters=10)
+    assert distortion(refined) < 0.7 * distortion(start)
+    assert torch.allclose(refined.norm(dim=-1), torch.ones(8))
+    assert torch.allclose(refined[7], start[7])  # an empty cluster keeps its centre
+    assert torch.allclose(spherical_kmeans(z, start, iters=0), start)
+
+
+def test_codebook_init_with_kmeans_changes_only_with_iterations():
+    m1, m2 = tiny(), tiny()
+    m2.load_state_dict(m1.state_dict())
+    init_codebook_from_encoder(m1, videos(), generator=torch.Generator().manual_seed(0))
+    init_codebook_from_encoder(m2, videos(), generator=torch.Generator().manual_seed(0), kmeans_iters=3)
+    z = torch.nn.functional.normalize(m1.bottleneck.project(m1.encode_continuous(videos())).flatten(0, 1), dim=-1)
+
+    def fit(m: LARPTokenizer) -> float:
+        cb = m.bottleneck.regularizer.codebook()
+        return float((z.detach() @ cb.t()).max(-1).values.mean())
+
+    assert not torch.equal(m1.bottleneck.regularizer.embedding.weight, m2.bottleneck.regularizer.embedding.weight)
+    assert fit(m2) >= fit(m1) - 1e-6
+    with pytest.raises(ValueError, match="init_kmeans_iters"):
+        AntiCollapse(tiny(), CodebookOptions(init_kmeans_iters=-1))

@@ -57,6 +57,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # 0 = off
     prior_lr_mult: float = 50.0  # tokenizer: learning-rate multiplier of the prior model
+    embed_lr_mult: float = 1.0  # tokenizer: multiplier of the patch embedding (large fan-in; see local_init)
 
 
 @dataclass

@@ -111,7 +111,7 @@ class TokenizerTask:
 
         self.anti = AntiCollapse(self.model, recipe.codebook)
         first = None
-        if recipe.codebook.init_from_encoder:
+        if recipe.codebook.init_from_encoder or recipe.codebook.local_linear_init:
             import numpy as np
 
             rng = np.random.default_rng(run.seed)
@@ -120,12 +120,12 @@ class TokenizerTask:
         self.anti.setup(first)
         self.ema = make_ema(self.model, run.ema_decay)
 
-        prior = [p for n, p in self.model.named_parameters() if n.startswith("prior_model.")]
-        others = [p for n, p in self.model.named_parameters() if not n.startswith("prior_model.")]
         o = recipe.optim
-        groups = [{"params": others, "lr": o.lr}]
-        if prior:
-            groups.append({"params": prior, "lr": o.lr * o.prior_lr_mult})
+        parts: dict[str, list[nn.Parameter]] = {"prior_model.": [], "x_embedder.": [], "": []}
+        for name, param in self.model.named_parameters():
+            parts[next(prefix for prefix in parts if name.startswith(prefix))].append(param)
+        mults = {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult, "": 1.0}
+        groups = [{"params": ps, "lr": o.lr * mults[prefix]} for prefix, ps in parts.items() if ps]
         fused = ctx.device.type == "cuda"  # one kernel per step for all parameters
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         self.sched_g = make_scheduler(self.opt_g, o, run.max_steps)
@@ -238,7 +238,7 @@ class TokenizerTask:
         model.eval()
         n = min(self.recipe.data.val_clips, len(self.val_set))
         bs = self.recipe.data.batch_size
-        monitor = CodebookMonitor(model.codebook_size, window=1)
+        monitor = CodebookMonitor(model.codebook_size, window=math.ceil(n / bs))  # usage over all clips
         sums = {"val/psnr": 0.0, "val/ssim": 0.0, "val/prior_top1": 0.0, "val/prior_top5": 0.0}
         shown = None
         for start in range(0, n, bs):

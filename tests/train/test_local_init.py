@@ -1,0 +1,74 @@
+"""The local linear initialisation (larp.train.local_init)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from larp import LARPTokenizer, tokenizer_preset
+from larp.config_utils import apply_overrides, to_dict
+from larp.data.synthetic import synthetic_clip
+from larp.models.config import TokenizerConfig
+from larp.train.codebook import AntiCollapse, CodebookOptions
+from larp.train.local_init import local_linear_init
+
+
+def synthetic(n: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    clips = np.stack([synthetic_clip(i % 10, rng) for i in range(n)])
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255
+
+
+def model(*overrides: str) -> LARPTokenizer:
+    torch.manual_seed(0)
+    data = apply_overrides(to_dict(tokenizer_preset("larp-synthetic-64")), list(overrides))
+    return LARPTokenizer(TokenizerConfig.from_json_dict(data))
+
+
+def psnr(recon: torch.Tensor, video: torch.Tensor) -> float:
+    mse = (recon.clamp(0, 1) - video).pow(2).flatten(1).mean(1)
+    return float((-10 * torch.log10(mse)).mean())
+
+
+@pytest.fixture(scope="module")
+def clips() -> tuple[torch.Tensor, torch.Tensor]:
+    return synthetic(24, seed=0), synthetic(8, seed=1)
+
+
+def test_starts_as_a_linear_autoencoder_far_above_the_mean_video(clips):
+    train, val = clips
+    m = model()
+    report = local_linear_init(m, train, generator=torch.Generator().manual_seed(0))
+    assert report["routing_encoder"] > 0.9 and report["routing_decoder"] > 0.95
+    with torch.no_grad():
+        recon = m.decode_latents(m.bottleneck.project(m.encode_continuous(val)))
+        fresh = model()
+        fresh_recon = fresh.decode_latents(fresh.bottleneck.project(fresh.encode_continuous(val)))
+    mean_video = psnr(train.mean(0, keepdim=True).expand_as(val), val)
+    assert psnr(fresh_recon, val) < mean_video + 0.5  # the released init: nothing about the clip gets through
+    assert psnr(recon, val) > mean_video + 3.0  # measured: ~23 dB against ~19 dB
+    # Only values change: the state dict has the same keys and shapes as a fresh model's.
+    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+
+
+def test_released_latent_position_base_cannot_route_the_decoder(clips):
+    # With base 10,000 the 1-D latent embedding is band-limited: latent positions are not linearly separable.
+    report = local_linear_init(model("latent_pe_scale_factor=10000"), clips[0][:8])
+    assert report["routing_decoder"] < 0.5
+
+
+def test_needs_at_most_one_latent_per_patch():
+    m = model("bottleneck_token_num=128")
+    with pytest.raises(ValueError, match="at most one latent per patch, got 128 latents for 64 patches"):
+        local_linear_init(m, torch.rand(4, 3, 16, 64, 64))
+
+
+def test_anti_collapse_runs_it_and_reports_routing(clips):
+    m = model()
+    ac = AntiCollapse(m, CodebookOptions(local_linear_init=True), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="codebook.local_linear_init needs videos"):
+        ac.setup(None)
+    ac.setup(clips[0][:8])
+    assert ac.init_report["routing_decoder"] > 0.95
+    assert not torch.equal(m.final_layer.linear.weight, torch.zeros_like(m.final_layer.linear.weight))
