@@ -129,10 +129,12 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
 
 
-@pytest.mark.parametrize("prior_weight, moved", [(1.0, True), (0.0, False)])
-def test_prior_loss_alone_moves_the_encoder_only_when_weighted(tiny_data, tmp_path, prior_weight, moved):
+@pytest.mark.parametrize("prior_weight, warmup, moved", [(1.0, 0, True), (0.0, 0, False), (1.0, 10, False)])
+def test_prior_loss_alone_moves_the_encoder_only_when_weighted(tiny_data, tmp_path, prior_weight, warmup, moved):
+    # With a warm-up the prior's weight is 0 at step 0, so nothing moves either.
     recipe = tiny_recipe(tiny_data, tmp_path / "p", "loss.pixel_weight=0", "loss.vq_weight=0",
-                         "loss.gan_weight=0", f"loss.prior_weight={prior_weight}", "run.ema_decay=0")
+                         "loss.gan_weight=0", f"loss.prior_weight={prior_weight}", "run.ema_decay=0",
+                         f"loss.prior_warmup_steps={warmup}")
     from larp.train.engine import SeededItems, setup_context
 
     task = TokenizerTask(recipe, setup_context(recipe.run))
@@ -145,6 +147,14 @@ def test_prior_loss_alone_moves_the_encoder_only_when_weighted(tiny_data, tmp_pa
                  "encoder.blocks.0.attn.qkv.weight"):
         assert (not torch.equal(before[name], after[name])) == moved, name
     assert torch.equal(before["final_layer.linear.weight"], after["final_layer.linear.weight"])
+
+
+def test_prior_weight_ramp():
+    from larp.train.config import LossConfig
+
+    ramp = LossConfig(prior_weight=0.06, prior_warmup_steps=100)
+    assert [ramp.prior_weight_at(s) for s in (0, 50, 100, 500)] == pytest.approx([0.0, 0.03, 0.06, 0.06])
+    assert LossConfig(prior_weight=0.06).prior_weight_at(0) == 0.06
 
 
 def test_recipes_reject_unknown_keys_and_validate_the_model(tmp_path):
@@ -211,5 +221,11 @@ def test_evaluation_reports_metrics_and_writes_pictures(tiny_data, tmp_path, mon
                             "val/codebook_usage", "val/codebook_perplexity"}
     assert 0 < metrics["val/psnr"] < 60 and 0 <= metrics["val/prior_top5"] <= 1
     assert metrics["val/lpips"] > 0 and 0 < metrics["val/codebook_usage"] <= 1
+    # Usage counts the codes of every validation clip, not of the last batch only.
+    n = min(recipe.data.val_clips, len(task.val_set))
+    videos = torch.stack([task.val_set[i]["video"] for i in range(n)])
+    codes = task.model.eval().encode(videos, deterministic=True)
+    assert metrics["val/codebook_usage"] == pytest.approx(codes.unique().numel() / task.model.codebook_size)
+    assert n > recipe.data.batch_size
     assert (tmp_path / "samples" / "recon_step00000007.png").stat().st_size > 0
     assert (tmp_path / "samples" / "recon_step00000007.gif").stat().st_size > 0

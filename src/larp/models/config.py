@@ -337,7 +337,7 @@ AR_PRESETS: dict[str, ARConfig] = {
     "larp-ar-fp-lp-k600": ar_config("LP", vocab_size=8192, max_seq_len=1024, frame_prediction=True),
     # CPU presets.
     "ar-tiny": ARConfig(dim=64, n_layer=2, n_head=4, num_classes=5, vocab_size=128, max_seq_len=32),
-    "ar-synthetic": ARConfig(dim=256, n_layer=4, n_head=4, num_classes=10, vocab_size=1024, max_seq_len=256),
+    "ar-synthetic": ARConfig(dim=256, n_layer=4, n_head=4, num_classes=10, vocab_size=1024, max_seq_len=64),
 }
 
 

@@ -78,6 +78,12 @@ class LossConfig:
     r1_weight: float = 0.0
     vq_weight: float = 0.1
     prior_weight: float = 0.06
+    prior_warmup_steps: int = 0  # ramp the prior weight linearly from 0 over these steps (0 = released: none)
+
+    def prior_weight_at(self, step: int) -> float:
+        if self.prior_warmup_steps <= 0:
+            return self.prior_weight
+        return self.prior_weight * min(1.0, max(step, 0) / self.prior_warmup_steps)
 
 
 @dataclass

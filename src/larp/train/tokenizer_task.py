@@ -176,7 +176,7 @@ class TokenizerTask:
             total = total + loss_cfg.vq_weight * out.vq_loss
             if out.prior is not None:
                 terms["prior_ce"] = out.prior.loss
-                total = total + loss_cfg.prior_weight * out.prior.loss
+                total = total + loss_cfg.prior_weight_at(step) * out.prior.loss
         metrics = {k: float(v.detach()) for k, v in terms.items()}
         metrics["loss"] = float(total.detach())
         if not math.isfinite(metrics["loss"]):
