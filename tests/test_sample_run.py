@@ -26,7 +26,7 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_clip
 from larp.eval import fvd
 from larp.eval.protocols import ucf_gfvd_chunks
-from larp.sample_run import MergeLock, batch_seed, grid_batches
+from larp.sample_shards import MergeLock, batch_seed, grid_batches
 
 from .conftest import official
 from .eval.conftest import trust

@@ -28,9 +28,6 @@ import csv
 import hashlib
 import json
 import os
-import re
-import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -50,17 +47,27 @@ from .eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
 from .models.ar import LARPAR
 from .models.hub import atomic_write_bytes
 from .models.tokenizer import LARPTokenizer
+from .sample_shards import (
+    LOCK_STALE_SECONDS,
+    MergeLock,
+    ShardRecord,
+    batch_seed,
+    check_coverage,
+    create_exclusive,
+    finished_shards,
+    grid_batches,
+    shard_paths,
+    write_json,
+)
 from .sampling import frame_prediction_condition, generate
 
 FPS = 25  # the reference release writes its samples at 25 fps (UCF-101's and Kinetics' native rate)
 FP_FVD_SIZE = 64  # frame prediction protocol: prediction and ground truth go to 64x64 before the detector
 OVERVIEW_SAMPLES = 8
-LOCK_STALE_SECONDS = 600.0  # merging takes seconds; a lock this old belongs to a process that died
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 REPORT_COLUMNS = ("finished", "ar_model", "tokenizer", "num_samples", "fp", "num_cond_frames", "cfg_scale",
                   "cfg_interval", "temperature", "top_k", "top_p", "dtype", "seed", "dataset_csv",
                   "dataset_split_seed", "nll_sampled", "fvd")
-_MARKER = re.compile(r"shard_(\d+)_(\d+)\.done\.json")
 
 
 @dataclass
@@ -98,15 +105,6 @@ class SampleConfig:
         return self.starting_index, self.starting_index + self.num_samples
 
 
-@dataclass(frozen=True)
-class ShardRecord:
-    """A finished shard, as its marker file records it."""
-
-    start: int
-    end: int
-    nll_sum: float
-
-
 @dataclass
 class SamplePlan:
     """Everything a shard needs, checked: models, clips, detector, the resolved job."""
@@ -124,53 +122,10 @@ class SamplePlan:
 
 
 # ------------------------------------------------------------------------------------------ small helpers
-def batch_seed(seed: int, batch_start: int) -> int:
-    """The generator seed of the grid batch starting at `batch_start` (a 63-bit mix of both numbers)."""
-    state = np.random.SeedSequence([seed, batch_start]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def grid_batches(start: int, end: int, total: int, batch_size: int) -> list[tuple[int, int]]:
-    """The grid batches [k*B, min((k+1)*B, total)) that hold a sample of [start, end)."""
-    first = (start // batch_size) * batch_size
-    return [(b, min(b + batch_size, total)) for b in range(first, end, batch_size)]
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def create_exclusive(path: Path, data: dict[str, Any]) -> bool:
-    """Write JSON to `path` only if it does not exist, atomically (hard link of a complete temp file).
-
-    Returns False when another process created it first."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links: exclusive create, then write
-        try:
-            with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
-                f.write(text)
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        os.remove(tmp)
 
 
 def _sha256(path: Path) -> str:
@@ -180,111 +135,6 @@ def _sha256(path: Path) -> str:
 def _model_id(name: str) -> str:
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
-
-
-def shard_paths(out: Path, start: int, end: int) -> dict[str, Path]:
-    stem = f"shard_{start}_{end}"
-    return {"real": out / "stats" / f"{stem}_real.npz", "fake": out / "stats" / f"{stem}_fake.npz",
-            "marker": out / "stats" / f"{stem}.done.json", "tokens": out / "tokens" / f"{stem}.npz",
-            "gif": out / "overview" / f"{stem}.gif", "png": out / "overview" / f"{stem}.png"}
-
-
-def finished_shards(out: Path) -> list[ShardRecord]:
-    """Every finished shard of a job folder (its marker files), sorted by start."""
-    records = []
-    for path in sorted((out / "stats").glob("shard_*.done.json")):
-        match = _MARKER.fullmatch(path.name)
-        if not match:
-            continue
-        try:
-            data = json.loads(path.read_text())
-            record = ShardRecord(int(data["start"]), int(data["end"]), float(data["nll_sum"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path} is not a valid shard marker ({exc}); delete it to rerun that shard") from exc
-        if (record.start, record.end) != (int(match[1]), int(match[2])):
-            raise ValueError(f"{path} records the shard [{record.start}, {record.end}), not its file name's")
-        records.append(record)
-    return sorted(records, key=lambda r: (r.start, r.end))
-
-
-def check_coverage(shards: list[ShardRecord], total: int) -> int:
-    """Samples of [0, total) the finished shards cover; overlapping shards are an error."""
-    for a, b in zip(shards, shards[1:], strict=False):
-        if b.start < a.end:
-            raise ValueError(f"finished shards [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap; delete the "
-                             "files of one of them (stats/, tokens/) and rerun the missing samples")
-    for s in shards:
-        if not 0 <= s.start < s.end <= total:
-            raise ValueError(f"finished shard [{s.start}, {s.end}) lies outside the job's [0, {total})")
-    return sum(s.end - s.start for s in shards)
-
-
-# ------------------------------------------------------------------------------------------ merge lock
-class MergeLock:
-    """An exclusive lock file (O_CREAT | O_EXCL) holding the owner's pid, host and time.
-
-    A lock is stale when its process is gone (same host) or it is older than `stale_after` seconds; a
-    stale lock is removed and taken. Two processes that both judge it stale at once could both take it;
-    `fvd.json` is created exclusively, so even then the FVD is reported once."""
-
-    def __init__(self, path: Path, stale_after: float = LOCK_STALE_SECONDS):
-        self.path = path
-        self.stale_after = stale_after
-        self.held = False
-        self.owner: dict[str, Any] = {}
-
-    def _read_owner(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}  # being written right now, or garbage: judged by its age alone
-
-    def is_stale(self) -> bool:
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return True
-        owner = self.owner = self._read_owner()
-        if age > self.stale_after:
-            return True
-        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            try:
-                os.kill(owner["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-        return False
-
-    def acquire(self) -> bool:
-        for attempt in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if attempt == 0 and self.is_stale():
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(self.path)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
-            self.held = True
-            return True
-        return False
-
-    def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-            self.held = False
-
-    def __enter__(self) -> MergeLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -386,7 +236,7 @@ def _load_clips(cfg: SampleConfig, out: Path, csv_path: Path, csv_sha: str, fram
         clips = ucf_gfvd_chunks(csv_path, cfg.total, seed=cfg.dataset_split_seed, chunk_frames=frames)
     except ValueError as exc:
         raise ValueError(f"{csv_path}: {exc} (--num_samples_total {cfg.total})") from exc
-    _write_json(cache, {"key": key, "clips": [asdict(c) for c in clips]})
+    write_json(cache, {"key": key, "clips": [asdict(c) for c in clips]})
     return clips
 
 
@@ -526,7 +376,7 @@ def run_shard(plan: SamplePlan, progress: bool = True) -> ShardRecord:
         stats["real"].save(paths["real"])
         stats["fake"].save(paths["fake"])
     record = ShardRecord(start, end, nll_sum)
-    _write_json(paths["marker"], {**asdict(record), "finished": datetime.now(timezone.utc).isoformat()})
+    write_json(paths["marker"], {**asdict(record), "finished": datetime.now(timezone.utc).isoformat()})
     return record
 
 
