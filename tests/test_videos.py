@@ -14,18 +14,8 @@ from larp import LARPTokenizer, tokenizer_preset
 from larp.cli import main
 from larp.data.transforms import center_crop, pad_frames, resize_short_side
 from larp.data.video_io import read_video, write_mp4
-from larp.videos import (
-    VideoTokens,
-    VideoTokensError,
-    blend_tiles,
-    decode_tokens,
-    plan_layout,
-    plan_tiles,
-    plan_windows,
-    reconstruct_video,
-    tile_weights,
-    tokenize_video,
-)
+from larp.video_layout import blend_tiles, plan_layout, plan_tiles, plan_windows, tile_weights
+from larp.videos import VideoTokens, VideoTokensError, decode_tokens, reconstruct_video, tokenize_video
 
 from .conftest import official
 

@@ -13,10 +13,10 @@ import torch
 from .data.video_io import MP4Writer, read_video, to_uint8
 from .models.hub import CheckpointError
 from .models.tokenizer import LARPTokenizer
+from .video_layout import SPATIAL_MODES
 from .videos import (
     DEFAULT_FPS,
     DTYPES,
-    SPATIAL_MODES,
     PSNRMeter,
     VideoTokens,
     iter_decode,
