@@ -183,7 +183,8 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     mass_enc = routing_mass(block, tokens, n_p + owner, torch.arange(n_p, device=device)) * (n_p / n)
 
     # ---- bottleneck: principal components of the content the queries received
-    hidden = model.encode_continuous(videos).float().cpu() @ content @ content.T  # (B, N, D_enc)
+    encoded = model.encode_continuous(videos)  # the encoder is final from here on: reused for the decoder below
+    hidden = encoded.float().cpu() @ content @ content.T  # (B, N, D_enc)
     _, directions, _ = _pca((hidden - hidden.mean(0, keepdim=True)).flatten(0, 1), c.bottleneck_dim)
     model.bottleneck.in_linear.weight.copy_(directions)
     model.bottleneck.in_linear.bias.copy_(-(directions @ hidden.flatten(0, 1).mean(0)))
@@ -201,7 +202,7 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
                               torch.cat([latent_code.cpu(), torch.zeros(n_p, k)]))
     _set_routing(block, read_query, read_key, routing_gain, generator)
     _set_value_path(block, code_in, value_gain)
-    unit = model.bottleneck.project(model.encode_continuous(videos))
+    unit = model.bottleneck.project(encoded)
     latents = model.bottleneck.out_linear(unit) + model.decoder_latent_pe
     patch_tokens = patch_queries.to(device)[None].expand(len(videos), -1, -1)
     mass_dec = routing_mass(block, torch.cat([latents, patch_tokens], 1), n + torch.arange(n_p, device=device),
