@@ -34,6 +34,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
 TOKENIZER_RECIPE = [
     "model.preset=larp-synthetic-64",
     "data.num_frames=16", "data.size=64", "data.batch_size=8", "data.num_workers=0", "data.val_clips=64",
+    "data.cache_mb=512",
     "optim.lr=3e-4", "optim.betas=[0.9, 0.99]", "optim.warmup_steps=20", "optim.min_lr_ratio=0.1",
     "optim.grad_clip=1.0", "optim.prior_lr_mult=1.0", "optim.embed_lr_mult=0.01",
     "loss.pixel=l1", "loss.l2_weight=1.0", "loss.perceptual_weight=0", "loss.gan_weight=0", "loss.vq_weight=0.1",

@@ -96,6 +96,24 @@ def test_stride_and_padding_of_short_videos(videos, tmp_path):
     assert strided == list(range(strided[0], strided[0] + 12, 3))
 
 
+def test_decoded_cache_gives_the_same_clips_and_respects_its_budget(videos, tmp_path):
+    videos.write("a.mp4", videos.flat_frames(40))
+    videos.write("b.mp4", videos.flat_frames(3))
+    csv_path = write_csv(tmp_path / "m.csv", ["a,a.mp4,x,0", "b,b.mp4,x,1"])
+    plain = VideoCSVDataset(csv_path, num_frames=5, size=8, train=True, seed=4)
+    cached = VideoCSVDataset(csv_path, num_frames=5, size=8, train=True, seed=4, cache_mb=1)
+    for ds in (plain, cached):
+        rng = np.random.default_rng(9)
+        ds.drawn = [ds.sample(i % 2, rng)["video"] for i in range(10)]
+    assert all(torch.equal(x, y) for x, y in zip(plain.drawn, cached.drawn, strict=True))
+    assert len({videos.flat_ids(v)[0] for v in cached.drawn[0::2]}) > 1  # random starts, not one window
+    assert sorted(cached._cache) == sorted(r.path for r in cached.rows)
+    # A budget smaller than one decoded video caches nothing and still reads every clip.
+    tiny = VideoCSVDataset(csv_path, num_frames=5, size=8, seed=4, cache_mb=1e-4)
+    assert torch.equal(tiny[0]["video"], plain.load(0, np.random.default_rng([4, 0]))["video"])
+    assert tiny._cache == {} and tiny._cached_bytes == 0
+
+
 # -------------------------------------------------------------------------------------- bad CSV files
 
 

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .prepare import CSV_COLUMNS, VideoRow, scan_video_folder
-from .transforms import ClipTransform
-from .video_io import VideoReadError, read_clip
+from .transforms import ClipTransform, pad_frames
+from .video_io import VideoReadError, clip_indices, probe_video, read_clip, read_video
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class VideoClipDataset(Dataset):
         stride: int = 1,
         max_bad_fraction: float = 0.05,
         random_crop: bool = False,
+        *,
+        cache_mb: float = 0.0,
     ) -> None:
         if not rows:
             raise ValueError("a video dataset needs at least one video")
@@ -106,6 +108,11 @@ class VideoClipDataset(Dataset):
         self.stride = stride
         self.max_bad_fraction = max_bad_fraction
         self.transform = ClipTransform(size, train, random_crop=random_crop)
+        # Decoded videos kept in memory (per process) up to `cache_mb` MiB: a small dataset is decoded once
+        # instead of at every visit. Clips come out identical to uncached reads (same draws from `rng`).
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[str, tuple[np.ndarray, int]] = {}
+        self._cached_bytes = 0
         self.bad: dict[int, str] = {}  # index -> cause, per process (each worker has its own copy)
         self.num_skipped = 0
         self._rng: np.random.Generator | None = None
@@ -125,9 +132,24 @@ class VideoClipDataset(Dataset):
             self._rng_key = key
         return self._rng
 
+    def _read(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        if self.cache_bytes <= 0:
+            return read_clip(path, self.num_frames, stride=self.stride, rng=rng)
+        entry = self._cache.get(path)
+        if entry is None:
+            frames, _ = read_video(path)
+            entry = (frames, probe_video(path).num_frames)  # the declared count, as read_clip draws with it
+            if self._cached_bytes + frames.nbytes <= self.cache_bytes:
+                self._cache[path] = entry
+                self._cached_bytes += frames.nbytes
+        frames, declared = entry
+        idx = clip_indices(declared, self.num_frames, None, self.stride, "consecutive", rng)
+        # A file a frame or two short of its header repeats its last frame, as read_clip does.
+        return pad_frames(frames[np.minimum(idx, len(frames) - 1)], self.num_frames)
+
     def load(self, index: int, rng: np.random.Generator) -> dict[str, object]:
         row = self.rows[index]
-        frames = read_clip(row.path, self.num_frames, stride=self.stride, rng=rng)
+        frames = self._read(row.path, rng)
         return {"video": self.transform(frames, rng), "label": row.label, "path": row.path}
 
     def __getitem__(self, index: int) -> dict[str, object]:
@@ -176,6 +198,8 @@ class VideoCSVDataset(VideoClipDataset):
         max_bad_fraction: float = 0.05,
         root: str | os.PathLike | None = None,
         random_crop: bool = False,
+        *,
+        cache_mb: float = 0.0,
     ) -> None:
         self.csv_path = Path(csv_path)
         super().__init__(
@@ -187,6 +211,7 @@ class VideoCSVDataset(VideoClipDataset):
             stride,
             max_bad_fraction,
             random_crop,
+            cache_mb=cache_mb,
         )
 
 

@@ -69,8 +69,9 @@ class ARTask:
             self.train_set = training_videos(data, run.seed)
             if not data.flip:
                 self.train_set.transform.flip_p = 0.0
-        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed)
-                        if data.val_csv and self.tokenizer is not None else None)
+        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed,
+                                        cache_mb=data.cache_mb) if data.val_csv and self.tokenizer is not None
+                        else None)
         self.ema = make_ema(self.model, run.ema_decay)
         self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
                                      fused=ctx.device.type == "cuda")

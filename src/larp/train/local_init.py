@@ -68,11 +68,21 @@ def _least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-4) -> tor
     return torch.linalg.solve(gram, a.T @ y.double()).float()
 
 
-def _pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pca(x: torch.Tensor, k: int, generator: torch.Generator | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean (D,), top-k principal directions (k, D) and their standard deviations (k,) of rows x (M, D)."""
     mean = x.mean(0)
-    _, s, vh = torch.linalg.svd((x - mean).double(), full_matrices=False)
-    return mean, vh[:k].float(), (s[:k] / math.sqrt(len(x))).float()
+    centred = x - mean
+    if min(centred.shape) <= 4 * (k + 16):
+        _, s, vh = torch.linalg.svd(centred.double(), full_matrices=False)
+        return mean, vh[:k].float(), (s[:k] / math.sqrt(len(x))).float()
+    # Whole patches (thousands of pixels): a randomised SVD finds the top k in a second where the full one
+    # takes tens (relative error ~1e-6 here). Its random draws come from `generator`, not the global RNG.
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, s, v = torch.svd_lowrank(centred, q=k + 16, niter=6)
+    return mean, v[:, :k].T.contiguous(), s[:k] / math.sqrt(len(x))
 
 
 def _position_codes(grid: tuple[int, int, int], n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +177,7 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     queries = latent_code.cpu() @ query_basis.T * math.sqrt(d_enc / k)
     content = _complement_basis(_span(torch.cat([pe, ones, queries])), content_dims, generator)
     pixels = _patch_pixels(videos, c.temporal_patch_size, c.patch_size, channels_last=False).flatten(0, 1)
-    mean, components, std = _pca(pixels.cpu().float(), content_dims)
+    mean, components, std = _pca(pixels.cpu().float(), content_dims, generator)
     scale = content_fraction * float(pe.norm(dim=-1).mean()) / float(std.norm())
     weight = scale * content @ components  # (D_enc, C*pt*p*p)
     model.x_embedder.proj.weight.copy_(weight.reshape(model.x_embedder.proj.weight.shape))

@@ -70,7 +70,7 @@ def training_videos(data: DataConfig, seed: int) -> VideoClipDataset:
     csvs = [data.train_csv] if isinstance(data.train_csv, str) else list(data.train_csv)
     rows = [row for csv in csvs for row in read_video_csv(csv)]
     return VideoClipDataset(rows, data.num_frames, data.size, train=True, seed=seed,
-                            max_bad_fraction=data.max_bad_fraction)
+                            max_bad_fraction=data.max_bad_fraction, cache_mb=data.cache_mb)
 
 
 class TokenizerTask:
@@ -89,8 +89,8 @@ class TokenizerTask:
         self.train_set = training_videos(data, run.seed)
         if not data.flip:
             self.train_set.transform.flip_p = 0.0
-        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed)
-                        if data.val_csv else None)
+        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed,
+                                        cache_mb=data.cache_mb) if data.val_csv else None)
 
         # Losses that need weights are built first, so a missing file fails before any work.
         self.perceptual = PerceptualLoss().to(device) if loss.perceptual_weight > 0 else None
