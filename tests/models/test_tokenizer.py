@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from larp import LARPTokenizer, tokenizer_preset
+from larp.models.quantizer import sample_categorical
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,17 @@ def test_tokenizer_without_prior_refuses_prior_calls():
     assert not any(k.startswith("prior_model.") for k in model.state_dict())
     with pytest.raises(ValueError, match="no prior model"):
         model.prior_logits(torch.zeros(1, 32, dtype=torch.long))
+
+
+def test_sample_categorical_follows_the_probabilities():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    rows = (probs * 7).expand(40_000, 5)  # unnormalised rows are fine
+    draws = sample_categorical(rows, torch.Generator().manual_seed(0))
+    assert draws.shape == (40_000,) and draws.dtype == torch.int64
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert torch.allclose(freq, probs, atol=0.01)
+    assert freq[1] == 0 and freq[4] == 0  # impossible codes are never drawn, last one included
+    again = sample_categorical(rows, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    one_hot = torch.zeros(3, 2, 6).index_fill_(-1, torch.tensor([5]), 1.0)
+    assert torch.equal(sample_categorical(one_hot), torch.full((3, 2), 5))

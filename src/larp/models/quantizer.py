@@ -22,6 +22,16 @@ class QuantizerOutput:
     similarity: torch.Tensor  # (B, N, K) cosine similarities
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` (..., K), drawn with probability proportional to the row.
+
+    By inverting the cumulative sum with one uniform number per row: the same distribution as
+    torch.multinomial, which on CPU draws K exponentials per row and costs ~8x more at K = 4,096."""
+    cdf = probs.float().cumsum(dim=-1)  # (..., K)
+    u = torch.rand(*probs.shape[:-1], 1, device=probs.device, generator=generator) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
 class StochasticVQ(nn.Module):
     """Codebook `embedding` of K unit-normalised d-vectors; codes chosen by cosine similarity."""
 
@@ -48,8 +58,7 @@ class StochasticVQ(nn.Module):
             indices = similarity.argmax(dim=-1)
         else:
             probs = torch.softmax(similarity.float() / self.temperature, dim=-1)
-            indices = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1,
-                                        generator=generator).reshape(probs.shape[:-1])
+            indices = sample_categorical(probs, generator)  # (B, N)
         q = F.embedding(indices, codebook)  # (B, N, d)
         loss = (self.args.commitment_loss_weight * F.mse_loss(z, q.detach())
                 + self.args.codebook_loss_weight * F.mse_loss(q, z.detach()))

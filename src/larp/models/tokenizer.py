@@ -17,7 +17,7 @@ from .config import TokenizerConfig
 from .hub import HubModelMixin
 from .layers import JointTransformer, PatchEmbed3D, init_vit_weights_, sincos_1d, sincos_3d, unpatchify
 from .prior import GPTC
-from .quantizer import Bottleneck, QuantizerOutput
+from .quantizer import Bottleneck, QuantizerOutput, sample_categorical
 
 VALUE_TOLERANCE = 1e-3  # how far outside [0, 1] an input may stray (resampling overshoot) before we refuse
 
@@ -226,8 +226,8 @@ class LARPTokenizer(HubModelMixin, nn.Module):
                 all_logits.append(logits)
             if not last:
                 probs = torch.softmax(logits.detach().float(), dim=-1)
-                sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-                sampled_vec = F.embedding(sampled.reshape(b, n - 1), codebook).to(quantized.dtype)
+                sampled = sample_categorical(probs, generator)  # (B, N-1)
+                sampled_vec = F.embedding(sampled, codebook).to(quantized.dtype)
                 mixed = torch.where(mask, sampled_vec, quantized[:, 1:])
                 inputs = torch.cat([quantized[:, :1], mixed], dim=1)
         used = all_logits if p.avg_loss_over_rounds else all_logits[-1:]
