@@ -320,12 +320,13 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
                                  decoder_num_heads=4, encoder_depth=2, decoder_depth=2,
                                  bottleneck=BottleneckConfig(args=BottleneckArgs(regularizer=RegularizerConfig(
                                      args=VQArgs(stochastic_temperature=0.01))))),
-    # 64 tokens of 16x16x4 patches, 128 wide, 2+2 layers: about 0.25 CPU-seconds per training step, so
-    # that a thousand steps fit the demo's budget (with the small gptc-XXXS prior, which costs about half the
-    # tokenizer's step; gptc-XXS costs three times it). The latent position embedding's base of 0.1 (released:
-    # 10,000) makes the 64 latent positions linearly distinguishable, which the local linear
-    # initialisation needs (larp.train.local_init).
-    "larp-synthetic-64": _tokenizer(1024, 16, "gptc-XXXS", bottleneck_token_num=64, input_size=64,
+    # 64 tokens of 16x16x4 patches, 128 wide, 2+2 layers: about 0.3 CPU-seconds per training step with the
+    # small gptc-XXXS prior (gptc-XXS costs three times the tokenizer's step), so that 1,200 steps fit in 10
+    # CPU-minutes. 4,096 codes: with 64 tokens each code carries a whole 16x16x4 patch, and 12 bits instead
+    # of 10 per token measured +1.1 dB at 900 steps (docs/small_scale_recipes.md). The latent position
+    # embedding's base of 0.1 (released: 10,000) makes the 64 latent positions linearly distinguishable,
+    # which the local linear initialisation needs (larp.train.local_init).
+    "larp-synthetic-64": _tokenizer(4096, 16, "gptc-XXXS", bottleneck_token_num=64, input_size=64,
                                     frame_num=16, patch_size=16, decoder_patch_size=16, latent_pe_scale_factor=0.1,
                                     encoder_hidden_size=128, decoder_hidden_size=128, encoder_num_heads=4,
                                     decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
@@ -337,7 +338,7 @@ AR_PRESETS: dict[str, ARConfig] = {
     "larp-ar-fp-lp-k600": ar_config("LP", vocab_size=8192, max_seq_len=1024, frame_prediction=True),
     # CPU presets.
     "ar-tiny": ARConfig(dim=64, n_layer=2, n_head=4, num_classes=5, vocab_size=128, max_seq_len=32),
-    "ar-synthetic": ARConfig(dim=256, n_layer=4, n_head=4, num_classes=10, vocab_size=1024, max_seq_len=64),
+    "ar-synthetic": ARConfig(dim=256, n_layer=4, n_head=4, num_classes=10, vocab_size=4096, max_seq_len=64),
 }
 
 
