@@ -90,8 +90,20 @@ class Demo:
         self.state: dict[str, Any] = json.loads(self.state_file.read_text())
 
     # ------------------------------------------------------------------------------------ folder
+    def recipes(self) -> dict[str, Any]:
+        """The resolved training recipes (presets included): what a finished stage's results depend on
+        beyond DemoConfig, so that a demo folder from another version of them is never resumed."""
+        from .config_utils import to_dict
+        from .train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
+
+        tok = load_recipe(TokenizerTrainConfig, None, self.cfg.tokenizer_overrides())
+        ar = load_recipe(ARTrainConfig, None, self.cfg.ar_overrides())
+        return {"tokenizer": {**to_dict(tok), "model_config": to_dict(tok.model_config())},
+                "ar": {**to_dict(ar), "model_config": to_dict(ar.model_config())}}
+
     def _claim_folder(self, overwrite: bool) -> None:
         wanted = asdict(self.cfg)
+        recipes = json.loads(json.dumps(self.recipes()))  # as stored: tuples become lists
         if self.out.exists() and any(self.out.iterdir()):
             if overwrite:
                 shutil.rmtree(self.out)
@@ -99,14 +111,21 @@ class Demo:
                 raise ConfigError(f"{self.out} is not empty and holds no demo; choose another --out or pass "
                                   "--overwrite to delete it")
             else:
-                previous = json.loads(self.state_file.read_text())["config"]
+                state = json.loads(self.state_file.read_text())
+                previous = state["config"]
                 if previous != wanted:
                     changed = sorted(k for k in wanted if previous.get(k) != wanted[k])
                     raise ConfigError(f"{self.out} holds a demo run with other settings ({', '.join(changed)}); "
                                       "pass --overwrite to redo it from scratch, or another --out")
+                if state.get("recipes") != recipes:
+                    old = state.get("recipes") or {}
+                    changed = [k for k in recipes if old.get(k) != recipes[k]]
+                    raise ConfigError(f"{self.out} holds a demo run made with other training recipes "
+                                      f"({' and '.join(changed)}: an earlier version of larp); pass --overwrite "
+                                      "to redo it from scratch, or another --out")
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.state_file.exists():
-            self.state_file.write_text(json.dumps({"config": wanted, "done": {}}, indent=2))
+            self.state_file.write_text(json.dumps({"config": wanted, "recipes": recipes, "done": {}}, indent=2))
 
     def _done(self, stage: str) -> bool:
         return stage in self.state["done"]

@@ -43,6 +43,16 @@ def test_demo_refuses_a_folder_with_other_settings(tmp_path):
     with pytest.raises(ConfigError, match="other settings.*quick.*--overwrite"):
         Demo(tmp_path / "d", DemoConfig())
     Demo(tmp_path / "d", DemoConfig(), overwrite=True)  # --overwrite starts again
+    # A folder from another version of the recipes (here: an older preset) is not resumed either.
+    state = json.loads((tmp_path / "d" / "demo.json").read_text())
+    state["recipes"]["tokenizer"]["model_config"]["bottleneck"]["args"]["regularizer"]["args"]["codebook_size"] = 1024
+    (tmp_path / "d" / "demo.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="other training recipes \\(tokenizer: an earlier version.*--overwrite"):
+        Demo(tmp_path / "d", DemoConfig())
+    del state["recipes"]  # a folder written before recipes were recorded
+    (tmp_path / "d" / "demo.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="other training recipes \\(tokenizer and ar:"):
+        Demo(tmp_path / "d", DemoConfig())
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("x")
     with pytest.raises(ConfigError, match="holds no demo"):
