@@ -61,7 +61,7 @@ class DemoConfig:
     clips_per_class: int = 64
     frames: int = 16
     size: int = 64
-    windows_per_video: int = 4  # token-cache windows per training video (each also flipped)
+    windows_per_video: int = 4  # token-cache windows per training video, distinct starts only (each also flipped)
     samples_per_class: int = 4
     cfg_scale: float = 3.0
     temperature: float = 1.0

@@ -11,7 +11,14 @@ import torch
 
 from larp import LARPAR, LARPTokenizer, ar_preset, tokenizer_preset
 from larp.data.datasets import VideoCSVDataset
-from larp.data.token_cache import TokenCacheDataset, build_token_cache, pad_context, read_cache_meta
+from larp.data.synthetic import write_synthetic_dataset
+from larp.data.token_cache import (
+    TokenCacheDataset,
+    build_token_cache,
+    pad_context,
+    read_cache_meta,
+    window_start,
+)
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_clip
 from larp.train import checkpoint as ckpt
@@ -42,6 +49,19 @@ def cache(tiny_data, tiny_tokenizer, tmp_path_factory) -> Path:
     return out
 
 
+def test_cache_encodes_each_distinct_window_once(tiny_tokenizer, tmp_path):
+    data = write_synthetic_dataset(tmp_path / "long", classes=2, clips_per_class=4, frames=11, size=32, seed=1)
+    ds = VideoCSVDataset(data["train"], num_frames=8, size=32)
+    meta = build_token_cache(LARPTokenizer.from_pretrained(tiny_tokenizer), ds, tmp_path / "tokens",
+                             tokenizer_id="t", windows_per_video=3, flip=False, seed=0, progress=False)
+    # 11-frame videos have 4 possible starts: 3 seeded draws collide now and then.
+    distinct = [sorted({window_start(11, 8, 0, v, w) for w in range(3)}) for v in range(len(ds))]
+    assert any(len(d) < 3 for d in distinct) and any(len(d) > 1 for d in distinct)  # both cases occur
+    entries = list(TokenCacheDataset(tmp_path / "tokens").entries())
+    assert meta.num_entries == sum(len(d) for d in distinct)
+    assert [sorted(s for v, s, _ in entries if v == video) for video in range(len(ds))] == distinct
+
+
 def ar_recipe(tiny_data, tokenizer: Path, out_dir: Path, *overrides: str) -> ARTrainConfig:
     base = ["model.preset=ar-tiny", f"tokenizer.path={tokenizer}", f"data.val_csv={tiny_data['val']}",
             "data.num_frames=8", "data.size=32", "data.batch_size=4", "data.num_workers=0", "data.val_clips=4",
@@ -54,11 +74,12 @@ def test_cache_holds_the_tokens_of_the_clips_it_names(cache, tiny_data, tiny_tok
     tok = LARPTokenizer.from_pretrained(tiny_tokenizer)
     ds = TokenCacheDataset(cache)
     meta = read_cache_meta(cache)
-    assert meta.num_entries == len(ds) == 16 * 2 * 2 and len(meta.shards) > 1  # 16 videos, 2 windows, flips
+    # 16 videos of exactly 8 frames: their 2 windows coincide and are encoded once, each also flipped.
+    assert meta.num_entries == len(ds) == 16 * 1 * 2 and len(meta.shards) > 1
     videos = VideoCSVDataset(tiny_data["train"], num_frames=8, size=32)
     entries = list(ds.entries())
     assert {e[2] for e in entries} == {True, False}
-    for i in (0, 1, 7, 63):
+    for i in (0, 1, 7, 31):
         video, start, flip = entries[i]
         # Independent path: read the window, centre-crop, flip, encode (what on-the-fly training does).
         clip = ClipTransform(32, train=False)(read_clip(videos.rows[video].path, 8, start))

@@ -84,7 +84,8 @@ def build_token_cache(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CacheMeta:
-    """Encode `windows_per_video` seeded windows of every video (and their mirror images when `flip`)."""
+    """Encode up to `windows_per_video` seeded windows of every video (and their mirror images when `flip`);
+    windows that fall on the same start are encoded once, so a video of T frames or fewer gives one."""
     c, t, h, w = tokenizer.video_shape
     if (dataset.num_frames, dataset.size) != (t, h):
         raise ValueError(
@@ -145,8 +146,9 @@ def build_token_cache(
         row = dataset.rows[vi]
         try:
             n = probe_video(row.path).num_frames
-            for wi in range(windows_per_video):
-                start = window_start(n, t, seed, vi, wi)
+            # Distinct windows only: a video of T frames has one, and repeats would just weight it more.
+            starts = dict.fromkeys(window_start(n, t, seed, vi, wi) for wi in range(windows_per_video))
+            for start in starts:
                 clip = clip_for_entry(dataset, vi, start, False)
                 pending.append((vi, start, False, clip))
                 if flip:

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset_csv", "--dataset-csv", required=True, help="metadata CSV id,path,action,label")
     p.add_argument("--out", required=True, help="output folder (must not hold a cache already)")
     p.add_argument("--windows_per_video", "--windows-per-video", type=int, default=1,
-                   help="random clip windows per video (default 1)")
+                   help="seeded clip windows per video, each distinct start once (default 1)")
     p.add_argument("--no_flip", "--no-flip", action="store_true", help="do not add horizontally flipped copies")
     p.add_argument("--fp_context_frames", "--fp-context-frames", type=int, default=0,
                    help="also store the frame-prediction condition of this many context frames (e.g. 5)")
