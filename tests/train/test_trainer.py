@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,26 @@ def test_evaluation_reports_metrics_and_writes_pictures(tiny_data, tmp_path, mon
     assert n > recipe.data.batch_size
     assert (tmp_path / "samples" / "recon_step00000007.png").stat().st_size > 0
     assert (tmp_path / "samples" / "recon_step00000007.gif").stat().st_size > 0
+
+
+def test_initialisation_clips_come_from_the_whole_dataset(tiny_data):
+    from larp.train.tokenizer_task import init_clips, training_videos
+
+    data = load_recipe(TokenizerTrainConfig, None, [f"data.train_csv={tiny_data['train']}", "data.num_frames=8",
+                                                   "data.size=32"]).data
+    dataset = training_videos(data, seed=0)  # 4 classes x 4 training clips, listed class by class
+    clips = init_clips(dataset, 8, seed=3)
+    assert clips.shape == (8, 3, 8, 32, 32)
+    # Which rows were drawn: each clip is its video (8 frames: one window), maybe mirrored.
+    dataset.transform.flip_p = 0.0
+    plain = [dataset.load(i, np.random.default_rng(0))["video"] for i in range(len(dataset))]
+
+    def row(clip: torch.Tensor) -> int:
+        return min(range(len(plain)), key=lambda i: min(float((plain[i] - clip).abs().mean()),
+                                                         float((plain[i].flip(-1) - clip).abs().mean())))
+
+    rows = [row(c) for c in clips]
+    assert len(set(rows)) == 8  # without replacement
+    assert len({dataset.rows[i].label for i in rows}) >= 3  # not the first rows (two classes)
+    assert torch.equal(init_clips(training_videos(data, seed=0), 8, seed=3), clips)  # seeded
+    assert init_clips(dataset, 100, seed=3).shape[0] == len(dataset)  # at most the whole dataset

@@ -73,6 +73,16 @@ def training_videos(data: DataConfig, seed: int) -> VideoClipDataset:
                             max_bad_fraction=data.max_bad_fraction, cache_mb=data.cache_mb)
 
 
+def init_clips(dataset: VideoClipDataset, n: int, seed: int) -> torch.Tensor:
+    """(n, 3, T, H, W) training clips for the data-dependent initialisations, drawn without replacement from
+    the whole dataset: metadata CSVs are often sorted by class, and their first rows would be one class."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return torch.stack([dataset.load(int(i), rng)["video"] for i in picks])
+
+
 class TokenizerTask:
     def __init__(self, recipe: TokenizerTrainConfig, ctx: TrainContext):
         self.recipe, self.ctx = recipe, ctx
@@ -112,11 +122,7 @@ class TokenizerTask:
         self.anti = AntiCollapse(self.model, recipe.codebook)
         first = None
         if recipe.codebook.init_from_encoder or recipe.codebook.local_linear_init:
-            import numpy as np
-
-            rng = np.random.default_rng(run.seed)
-            n = min(len(self.train_set), max(data.batch_size, 64))
-            first = torch.stack([self.train_set.load(i, rng)["video"] for i in range(n)]).to(device)
+            first = init_clips(self.train_set, max(data.batch_size, 64), run.seed).to(device)
         self.anti.setup(first)
         self.ema = make_ema(self.model, run.ema_decay)
 
