@@ -58,7 +58,7 @@ AR_RECIPE = [
 @dataclass
 class DemoConfig:
     classes: int = 10
-    clips_per_class: int = 64
+    clips_per_class: int = 128  # 96 training + 32 validation clips per class; 64 left the AR model overfitting
     frames: int = 16
     size: int = 64
     windows_per_video: int = 4  # token-cache windows per training video, distinct starts only (each also flipped)
