@@ -111,7 +111,8 @@ def test_decoded_cache_gives_the_same_clips_and_respects_its_budget(videos, tmp_
     # A budget smaller than one decoded video caches nothing and still reads every clip.
     tiny = VideoCSVDataset(csv_path, num_frames=5, size=8, seed=4, cache_mb=1e-4)
     assert torch.equal(tiny[0]["video"], plain.load(0, np.random.default_rng([4, 0]))["video"])
-    assert tiny._cache == {} and tiny._cached_bytes == 0
+    assert tiny._cache == {} and tiny._cached_bytes == 0 and tiny._cache_full
+    assert torch.equal(tiny[1]["video"], plain.load(1, np.random.default_rng([4, 1]))["video"])
 
 
 # -------------------------------------------------------------------------------------- bad CSV files

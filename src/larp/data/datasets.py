@@ -113,6 +113,7 @@ class VideoClipDataset(Dataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[str, tuple[np.ndarray, int]] = {}
         self._cached_bytes = 0
+        self._cache_full = False  # once a video did not fit, the others are read window by window again
         self.bad: dict[int, str] = {}  # index -> cause, per process (each worker has its own copy)
         self.num_skipped = 0
         self._rng: np.random.Generator | None = None
@@ -133,15 +134,18 @@ class VideoClipDataset(Dataset):
         return self._rng
 
     def _read(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        if self.cache_bytes <= 0:
-            return read_clip(path, self.num_frames, stride=self.stride, rng=rng)
         entry = self._cache.get(path)
         if entry is None:
+            if self.cache_bytes <= 0 or self._cache_full:
+                # Decoding a whole uncached video at every visit would cost more than reading its window.
+                return read_clip(path, self.num_frames, stride=self.stride, rng=rng)
             frames, _ = read_video(path)
             entry = (frames, probe_video(path).num_frames)  # the declared count, as read_clip draws with it
             if self._cached_bytes + frames.nbytes <= self.cache_bytes:
                 self._cache[path] = entry
                 self._cached_bytes += frames.nbytes
+            else:
+                self._cache_full = True
         frames, declared = entry
         idx = clip_indices(declared, self.num_frames, None, self.stride, "consecutive", rng)
         # A file a frame or two short of its header repeats its last frame, as read_clip does.
