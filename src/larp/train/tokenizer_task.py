@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -76,8 +77,6 @@ def training_videos(data: DataConfig, seed: int) -> VideoClipDataset:
 def init_clips(dataset: VideoClipDataset, n: int, seed: int) -> torch.Tensor:
     """(n, 3, T, H, W) training clips for the data-dependent initialisations, drawn without replacement from
     the whole dataset: metadata CSVs are often sorted by class, and their first rows would be one class."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
     return torch.stack([dataset.load(int(i), rng)["video"] for i in picks])
@@ -127,10 +126,10 @@ class TokenizerTask:
         self.ema = make_ema(self.model, run.ema_decay)
 
         o = recipe.optim
-        parts: dict[str, list[nn.Parameter]] = {"prior_model.": [], "x_embedder.": [], "": []}
+        mults = {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult, "": 1.0}  # "" = the rest
+        parts: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in mults}
         for name, param in self.model.named_parameters():
             parts[next(prefix for prefix in parts if name.startswith(prefix))].append(param)
-        mults = {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult, "": 1.0}
         groups = [{"params": ps, "lr": o.lr * mults[prefix]} for prefix, ps in parts.items() if ps]
         fused = ctx.device.type == "cuda"  # one kernel per step for all parameters
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
