@@ -68,7 +68,7 @@ def bench_tokenizer(device: torch.device, quick: bool) -> dict:
 
 def bench_generation(device: torch.device, quick: bool) -> dict:
     from larp import LARPAR, ARConfig
-    from larp.sampling import generate, generate_without_cache
+    from larp.sample.generate import generate, generate_without_cache
 
     results = []
     lengths = [256, 1024] if quick else [256, 1024, 4096]
@@ -138,10 +138,10 @@ def _token_cache_speedup(tmp: Path, folder: Path, data: dict, ar_preset: str, fr
     batch 16), data loading included, as training runs it."""
     from larp import LARPTokenizer
     from larp.data.datasets import VideoCSVDataset
-    from larp.data.token_cache import build_token_cache
     from larp.train.ar_task import ARTask
     from larp.train.config import ARTrainConfig, load_recipe
     from larp.train.engine import SeededItems, setup_context
+    from larp.train.token_cache import build_token_cache
 
     tok = LARPTokenizer.from_pretrained(folder)
     build_token_cache(tok, VideoCSVDataset(data["train"], num_frames=frames, size=size), tmp / "cache",

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from larp import LARPTokenizer, TokenizerConfig, tokenizer_preset
-from larp.config_utils import apply_overrides, to_dict
 from larp.data.synthetic import solid_color_clips, synthetic_clip
 from larp.train.codebook import AntiCollapse, CodebookOptions
+from larp.utils.config import apply_overrides, to_dict
 
 
 # ------------------------------------------------------------------------------------------------- data

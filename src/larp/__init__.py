@@ -7,16 +7,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["LARPAR", "LARPTokenizer", "ARConfig", "TokenizerConfig", "ar_preset", "tokenizer_preset"]
+__all__ = ["LARPAR", "LARPTokenizer", "ARConfig", "TokenizerConfig", "ar_preset", "tokenizer_preset",
+           "generate"]
 
 _HOMES = {"LARPAR": "larp.models.ar", "LARPTokenizer": "larp.models.tokenizer", "ARConfig": "larp.models.config",
           "TokenizerConfig": "larp.models.config", "ar_preset": "larp.models.config",
-          "tokenizer_preset": "larp.models.config"}
+          "tokenizer_preset": "larp.models.config", "generate": "larp.sample.generate"}
 
 if TYPE_CHECKING:
-    from .models.ar import LARPAR
-    from .models.config import ARConfig, TokenizerConfig, ar_preset, tokenizer_preset
-    from .models.tokenizer import LARPTokenizer
+    from larp.models.ar import LARPAR
+    from larp.models.config import ARConfig, TokenizerConfig, ar_preset, tokenizer_preset
+    from larp.models.tokenizer import LARPTokenizer
 
 
 def __getattr__(name: str) -> Any:

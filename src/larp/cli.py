@@ -12,10 +12,12 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, sample_commands, videos_commands
-    from .data import commands as data_commands
-    from .eval import commands as eval_commands
-    from .train import commands as train_commands
+    from larp.data import commands as data_commands
+    from larp.demo import pipeline as demo
+    from larp.eval import commands as eval_commands
+    from larp.sample import commands as sample_commands
+    from larp.train import commands as train_commands
+    from larp.videos import commands as videos_commands
 
     parser = argparse.ArgumentParser(prog="larp", description="LARP video tokenizer and AR video generator.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

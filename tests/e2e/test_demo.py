@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from larp.cli import main
-from larp.config_utils import ConfigError
-from larp.demo import AR_RECIPE, TOKENIZER_RECIPE, Demo, DemoConfig
+from larp.demo.pipeline import AR_RECIPE, TOKENIZER_RECIPE, Demo, DemoConfig
 from larp.train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
+from larp.utils.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

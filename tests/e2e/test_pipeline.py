@@ -17,7 +17,7 @@ from larp.train.ar_task import ARTask
 from larp.train.config import ARTrainConfig, load_recipe
 from larp.train.run import train
 from tests.eval.conftest import trust
-from tests.test_sample_run import SmallStandIn
+from tests.sample.test_job import SmallStandIn
 
 
 @pytest.mark.slow

@@ -10,9 +10,8 @@ import torch
 
 from larp.cli import main
 from larp.eval import fvd
-
-from ..conftest import official
-from .conftest import trust
+from tests.conftest import official
+from tests.eval.conftest import trust
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import torch
 
 from larp.eval import fvd
 from larp.eval.fvd import DetectorError, FeatureStats, frechet_distance
-
-from .conftest import StandInI3D
+from tests.eval.conftest import StandInI3D
 
 
 def random_features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:

@@ -14,8 +14,7 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_video
 from larp.eval import fvd, protocols
 from larp.eval.metrics import LPIPSMetric, psnr, ssim
-
-from ..conftest import official
+from tests.conftest import official
 
 
 @pytest.fixture(scope="module")

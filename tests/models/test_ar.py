@@ -7,7 +7,7 @@ import torch
 
 from larp import LARPAR, ARConfig, LARPTokenizer, ar_preset, tokenizer_preset
 from larp.models.config import ar_config
-from larp.sampling import filter_logits, frame_prediction_condition, generate, generate_without_cache
+from larp.sample.generate import filter_logits, frame_prediction_condition, generate, generate_without_cache
 
 
 def random_ar(**overrides) -> LARPAR:
@@ -42,9 +42,9 @@ def test_grouped_query_attention_cache_matches_recomputation():
 def test_generation_is_reproducible_and_seed_dependent():
     model = random_ar()
     cond = torch.tensor([0, 1])
-    a = model.generate(cond, generator=torch.Generator().manual_seed(0))
-    b = model.generate(cond, generator=torch.Generator().manual_seed(0))
-    c = model.generate(cond, generator=torch.Generator().manual_seed(1))
+    a = generate(model, cond, generator=torch.Generator().manual_seed(0))
+    b = generate(model, cond, generator=torch.Generator().manual_seed(0))
+    c = generate(model, cond, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (2, 32) and a.dtype == torch.long and int(a.max()) < 128
 
@@ -92,7 +92,7 @@ def test_filter_logits_top_k_and_top_p():
 ])
 def test_generate_rejects_bad_class_ids(cond, message):
     with pytest.raises(ValueError, match=message):
-        random_ar().generate(cond)
+        generate(random_ar(), cond)
 
 
 def test_frame_prediction_condition_checks():
@@ -100,15 +100,15 @@ def test_frame_prediction_condition_checks():
     cfg.frame_prediction, cfg.cls_token_num = True, 33
     model = LARPAR(cfg).eval()
     good = torch.cat([torch.randint(0, 128, (2, 32)), torch.full((2, 1), 128)], dim=1)
-    assert model.generate(good, top_k=1).shape == (2, 32)
+    assert generate(model, good, top_k=1).shape == (2, 32)
     with pytest.raises(ValueError, match="instead of the separator"):
-        model.generate(good[:, [1] * 33])
+        generate(model, good[:, [1] * 33])
     with pytest.raises(ValueError, match=r"got \(2, 32\)"):
-        model.generate(good[:, :32])
+        generate(model, good[:, :32])
     bad = good.clone()
     bad[0, 3] = 128
     with pytest.raises(ValueError, match=r"got codes in \[\d+, 128\]"):
-        model.generate(bad)
+        generate(model, bad)
 
 
 def test_frame_prediction_condition_pads_by_repeating_the_last_frame():
@@ -168,7 +168,7 @@ def test_static_decoding_with_grouped_query_attention_and_frame_prediction():
     model = LARPAR(cfg).eval()
     torch.nn.init.normal_(model.output.weight, std=0.5)
     cond = torch.cat([torch.randint(0, 128, (2, 32)), torch.full((2, 1), 128)], dim=1)
-    assert torch.equal(model.generate(cond, top_k=1), model.generate(cond, top_k=1, static=True))
+    assert torch.equal(generate(model, cond, top_k=1), generate(model, cond, top_k=1, static=True))
 
 
 def test_bfloat16_generation_and_compile_needs_cuda():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from larp import LARPAR, LARPTokenizer, ar_preset, tokenizer_preset
-from larp.models.hub import CheckpointError
+from larp.utils.errors import CheckpointError
 from tests.conftest import official
 
 

@@ -12,13 +12,6 @@ import torch
 from larp import LARPAR, LARPTokenizer, ar_preset, tokenizer_preset
 from larp.data.datasets import VideoCSVDataset
 from larp.data.synthetic import write_synthetic_dataset
-from larp.data.token_cache import (
-    TokenCacheDataset,
-    build_token_cache,
-    pad_context,
-    read_cache_meta,
-    window_start,
-)
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_clip
 from larp.train import checkpoint as ckpt
@@ -26,6 +19,13 @@ from larp.train.ar_task import ARTask, check_pair, decay_groups
 from larp.train.config import ARTrainConfig, load_recipe
 from larp.train.engine import TrainingInterrupted
 from larp.train.run import train
+from larp.train.token_cache import (
+    TokenCacheDataset,
+    build_token_cache,
+    pad_context,
+    read_cache_meta,
+    window_start,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from larp import LARPTokenizer, tokenizer_preset
-from larp.config_utils import apply_overrides, to_dict
 from larp.data.synthetic import synthetic_clip
 from larp.models.config import TokenizerConfig
 from larp.train.codebook import AntiCollapse, CodebookOptions
 from larp.train.local_init import local_linear_init
+from larp.utils.config import apply_overrides, to_dict
 
 
 def synthetic(n: int, seed: int) -> torch.Tensor:

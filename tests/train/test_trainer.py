@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from larp import LARPTokenizer
-from larp.config_utils import ConfigError
 from larp.train import checkpoint as ckpt
 from larp.train.config import TokenizerTrainConfig, load_recipe
 from larp.train.engine import Engine, TrainingDiverged, TrainingInterrupted
 from larp.train.run import RunFolderError, prepare_run_folder, train
 from larp.train.tokenizer_task import TokenizerTask
+from larp.utils.config import ConfigError
 from tests.train.conftest import tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,8 +208,7 @@ def test_engine_refuses_a_dataset_smaller_than_a_batch(tiny_data, tmp_path):
 
 
 def test_evaluation_reports_metrics_and_writes_pictures(tiny_data, tmp_path, monkeypatch):
-    from larp import losses
-    from larp.train import tokenizer_task
+    from larp.train import losses, tokenizer_task
     from larp.train.engine import setup_context
 
     # With the VGG weights present, evaluation adds LPIPS (a random trunk stands in for them here).

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 
 def _prepare_ucf101(args: argparse.Namespace) -> int:
-    from .prepare import build_ucf101_csvs
+    from larp.data.prepare import build_ucf101_csvs
 
     train, test = build_ucf101_csvs(
         args.root, args.split_dir, args.out, args.split, allow_missing=args.allow_missing
@@ -18,7 +18,7 @@ def _prepare_ucf101(args: argparse.Namespace) -> int:
 
 
 def _prepare_k600(args: argparse.Namespace) -> int:
-    from .prepare import build_k600_csvs
+    from larp.data.prepare import build_k600_csvs
 
     for path in build_k600_csvs(args.root, args.annotations, args.out).values():
         print(f"wrote {path}")
@@ -26,14 +26,14 @@ def _prepare_k600(args: argparse.Namespace) -> int:
 
 
 def _prepare_folder(args: argparse.Namespace) -> int:
-    from .prepare import build_folder_csv
+    from larp.data.prepare import build_folder_csv
 
     print(f"wrote {build_folder_csv(args.root, args.out_csv)}")
     return 0
 
 
 def _synth_data(args: argparse.Namespace) -> int:
-    from .synthetic import write_synthetic_dataset
+    from larp.data.synthetic import write_synthetic_dataset
 
     paths = write_synthetic_dataset(
         args.out,

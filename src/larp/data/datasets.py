@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .prepare import CSV_COLUMNS, VideoRow, scan_video_folder
-from .transforms import ClipTransform, pad_frames
-from .video_io import VideoReadError, clip_indices, probe_video, read_clip, read_video
+from larp.data.prepare import CSV_COLUMNS, VideoRow, scan_video_folder
+from larp.data.transforms import ClipTransform, pad_frames
+from larp.data.video_io import VideoReadError, clip_indices, probe_video, read_clip, read_video
 
 log = logging.getLogger(__name__)
 

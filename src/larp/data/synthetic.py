@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .prepare import VideoRow, write_csv
-from .video_io import write_mp4
+from larp.data.prepare import VideoRow, write_csv
+from larp.data.video_io import write_mp4
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .transforms import pad_frames
+from larp.data.transforms import pad_frames
 
 PathLike = str | os.PathLike
 

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from ..data.datasets import VideoClipDataset
-from ..data.prepare import VIDEO_EXTENSIONS, VideoRow
-from ..models.hub import CheckpointError, atomic_write_bytes
-from . import fvd as fvd_lib
-from .metrics import LPIPSWeightsError
-from .protocols import PROTOCOLS, evaluate_tokenizer, video_feature_stats
+from larp.data.datasets import VideoClipDataset
+from larp.data.prepare import VIDEO_EXTENSIONS, VideoRow
+from larp.eval import fvd as fvd_lib
+from larp.eval.metrics import LPIPSWeightsError
+from larp.eval.protocols import PROTOCOLS, evaluate_tokenizer, video_feature_stats
+from larp.utils.device import resolve_device
+from larp.utils.errors import CheckpointError
+from larp.utils.files import write_json
 
 # Errors that describe bad input; the command prints them without a traceback.
 USER_ERRORS = (fvd_lib.DetectorError, LPIPSWeightsError, CheckpointError, FileNotFoundError, ValueError)
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_text(text))
-    return Path(path)
 
 
 def list_videos(folder: Path) -> list[VideoRow]:
@@ -111,7 +98,7 @@ def run_fvd(args: argparse.Namespace) -> int:
         inputs = {"real": (real, _check_input(real)), "fake": (fake, _check_input(fake))}
         extractor, detector_record = None, None
         if any(rows is not None for _, rows in inputs.values()):
-            device = pick_device(args.device)
+            device = resolve_device(args.device)
             path = fvd_lib.resolve_detector_path(args.i3d_path)
             extractor = fvd_lib.I3DFeatureExtractor(fvd_lib.load_detector(path, device), args.batch_size)
             detector_record = {"path": str(path), "sha256": fvd_lib.sha256_of(path)}
@@ -139,13 +126,13 @@ def run_fvd(args: argparse.Namespace) -> int:
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> int:
-    from ..models.tokenizer import LARPTokenizer
+    from larp.models.tokenizer import LARPTokenizer
 
     try:
         tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
         result = evaluate_tokenizer(
             tokenizer, args.dataset_csv, protocol=args.protocol, num_clips=args.num_clips, seed=args.seed,
-            batch_size=args.batch_size, device=pick_device(args.device), use_amp=args.use_amp,
+            batch_size=args.batch_size, device=resolve_device(args.device), use_amp=args.use_amp,
             deterministic=args.det, detector=args.i3d_path, lpips=not args.no_lpips,
             num_workers=args.num_workers, stats_dir=args.stats_dir)
     except USER_ERRORS as exc:

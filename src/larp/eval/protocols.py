@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -20,12 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
-from ..data.prepare import VideoRow
-from ..data.transforms import ClipTransform
-from ..data.video_io import probe_video, read_clip
-from . import fvd as fvd_lib
-from .metrics import LPIPSMetric, psnr, ssim
+from larp.data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
+from larp.data.prepare import VideoRow
+from larp.data.transforms import ClipTransform
+from larp.data.video_io import probe_video, read_clip
+from larp.eval import fvd as fvd_lib
+from larp.eval.metrics import LPIPSMetric, psnr, ssim
+from larp.utils.device import autocast
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ def select_clips(num_videos: int, num_clips: int | None, seed: int) -> list[int]
     return sorted(random.Random(seed).sample(range(num_videos), num_clips))
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype:
+    """float16 where the reference ran (CUDA); CPU autocast supports bfloat16; float32 when AMP is off."""
     if not enabled:
-        return contextlib.nullcontext()
-    # float16 where the reference ran (CUDA); CPU autocast supports bfloat16.
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+        return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def _detector_record(detector: torch.nn.Module | str | os.PathLike | None,
@@ -161,7 +161,7 @@ def evaluate_tokenizer(
     sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
     for batch in tqdm(loader, desc=f"rFVD ({proto.name})", unit="batch", disable=not progress):
         video = batch["video"].to(device)
-        with _autocast(device, use_amp):
+        with autocast(device, amp_dtype(device, use_amp)):
             recon = reconstruct(tokenizer, video, deterministic, generator)
         recon = recon.float().clamp(0, 1)
         real_stats.add(fvd_lib.extract_features(det_module, video))

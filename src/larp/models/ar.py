@@ -2,7 +2,7 @@
 
 Sequence = [condition (cls_token_num positions) ; tokens]. The condition is one class embedding
 (class-conditional) or the tokenizer's tokens of the context frames plus a separator (frame prediction).
-Learned absolute position embeddings, no RoPE. Generation lives in `larp.sampling`; this module only offers
+Learned absolute position embeddings, no RoPE. Generation lives in `larp.sample.generate`; this module only offers
 the forward passes it needs, with a KV cache."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from .config import ARConfig
-from .hub import HubModelMixin
-from .layers import RMSNorm, SwiGLU, sincos_1d, swiglu_hidden_dim
+from larp.models.config import ARConfig
+from larp.models.hub import HubModelMixin
+from larp.models.layers import RMSNorm, SwiGLU, sincos_1d, swiglu_hidden_dim
 
 
 class KVCache:
@@ -239,15 +239,3 @@ class LARPAR(HubModelMixin, nn.Module):
         attn = self.layers[0].attention
         return [KVCache(batch, attn.n_kv_head, length, attn.head_dim, dtype or ref.dtype, ref.device)
                 for _ in self.layers]
-
-    @torch.no_grad()
-    def generate(self, cond: torch.Tensor, cfg_scale: float = 1.0, cfg_interval: int = -1,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None, static: bool = False, compile: bool = False,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
-        """KV-cached sampling of (B, N) tokens; see `larp.sampling.generate` (and its speed options)."""
-        from ..sampling import generate
-
-        return generate(self, cond, cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature,
-                        top_k=top_k, top_p=top_p, generator=generator, static=static, compile=compile,
-                        dtype=dtype)

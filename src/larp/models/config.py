@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config_utils import ConfigError, from_dict, to_dict
+from larp.utils.config import ConfigError, from_dict, to_dict
 
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer

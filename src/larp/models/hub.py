@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,14 +15,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from larp.utils.errors import CheckpointError
+from larp.utils.files import atomic_write_bytes
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 M = TypeVar("M", bound="HubModelMixin")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder or file that cannot be used (missing, damaged, or not matching the model)."""
 
 
 def resolve_folder(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
@@ -91,19 +90,6 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
 
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename over `path`, so a failure never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class HubModelMixin:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import GPTC_BLOCK_SIZE, GPTC_SIZES
+from larp.models.config import GPTC_BLOCK_SIZE, GPTC_SIZES
 
 
 class CausalSelfAttention(nn.Module):

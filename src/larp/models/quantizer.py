@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VQArgs
+from larp.models.config import VQArgs
 
 
 @dataclass

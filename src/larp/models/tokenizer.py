@@ -13,11 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TokenizerConfig
-from .hub import HubModelMixin
-from .layers import JointTransformer, PatchEmbed3D, init_vit_weights_, sincos_1d, sincos_3d, unpatchify
-from .prior import GPTC
-from .quantizer import Bottleneck, QuantizerOutput, sample_categorical
+from larp.models.config import TokenizerConfig
+from larp.models.hub import HubModelMixin
+from larp.models.layers import (
+    JointTransformer,
+    PatchEmbed3D,
+    init_vit_weights_,
+    sincos_1d,
+    sincos_3d,
+    unpatchify,
+)
+from larp.models.prior import GPTC
+from larp.models.quantizer import Bottleneck, QuantizerOutput, sample_categorical
 
 VALUE_TOLERANCE = 1e-3  # how far outside [0, 1] an input may stray (resampling overshoot) before we refuse
 

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.datasets import VideoCSVDataset
-from ..data.token_cache import TokenCacheDataset, pad_context
-from ..data.video_io import write_gif, write_png_grid
-from ..models.ar import LARPAR
-from ..models.tokenizer import LARPTokenizer
-from ..sampling import generate
-from .config import ARTrainConfig
-from .engine import TrainContext
-from .tokenizer_task import make_ema, make_scheduler, training_videos
+from larp.data.datasets import VideoCSVDataset
+from larp.data.video_io import write_gif, write_png_grid
+from larp.models.ar import LARPAR
+from larp.models.tokenizer import LARPTokenizer
+from larp.sample.generate import generate
+from larp.train.config import ARTrainConfig
+from larp.train.engine import TrainContext
+from larp.train.token_cache import TokenCacheDataset, pad_context
+from larp.train.tokenizer_task import make_ema, make_scheduler, training_videos
 
 
 def check_pair(tokenizer: LARPTokenizer, ar: LARPAR) -> None:

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..models.hub import CheckpointError
+from larp.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.tokenizer import LARPTokenizer
-from .local_init import local_linear_init
+from larp.models.tokenizer import LARPTokenizer
+from larp.train.local_init import local_linear_init
 
 log = logging.getLogger(__name__)
 

@@ -6,17 +6,17 @@ import argparse
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import TokenizerTrainConfig, load_recipe
-    from .run import train
+    from larp.train.config import TokenizerTrainConfig, load_recipe
+    from larp.train.run import train
 
     if args.what == "tokenizer":
-        from .tokenizer_task import TokenizerTask
+        from larp.train.tokenizer_task import TokenizerTask
 
         recipe = load_recipe(TokenizerTrainConfig, args.config, args.overrides)
         task_cls = TokenizerTask
     else:
-        from .ar_task import ARTask
-        from .config import ARTrainConfig
+        from larp.train.ar_task import ARTask
+        from larp.train.config import ARTrainConfig
 
         recipe = load_recipe(ARTrainConfig, args.config, args.overrides)
         task_cls = ARTask
@@ -29,9 +29,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tokenize_dataset(args: argparse.Namespace) -> int:
-    from ..data.datasets import VideoCSVDataset
-    from ..data.token_cache import build_token_cache
-    from ..models.tokenizer import LARPTokenizer
+    from larp.data.datasets import VideoCSVDataset
+    from larp.models.tokenizer import LARPTokenizer
+    from larp.train.token_cache import build_token_cache
 
     tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
     c, t, h, w = tokenizer.video_shape

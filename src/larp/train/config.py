@@ -13,14 +13,14 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from ..config_utils import ConfigError, apply_overrides, from_dict, to_dict
-from ..models.config import (
+from larp.models.config import (
     AR_PRESETS,
     TOKENIZER_PRESETS,
     ARConfig,
     TokenizerConfig,
 )
-from .codebook import CodebookOptions
+from larp.train.codebook import CodebookOptions
+from larp.utils.config import ConfigError, apply_overrides, from_dict, to_dict
 
 T = TypeVar("T")
 

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import copy_checkpoint, load_latest, prune_checkpoints, save_checkpoint
-from .config import RunConfig
+from larp.train.checkpoint import copy_checkpoint, load_latest, prune_checkpoints, save_checkpoint
+from larp.train.config import RunConfig
 
 log = logging.getLogger("larp.train")
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.tokenizer import LARPTokenizer
+from larp.models.tokenizer import LARPTokenizer
 
 
 def _span(rows: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..config_utils import to_dict
-from .checkpoint import list_checkpoints
-from .config import RunConfig, save_recipe
-from .engine import Engine, setup_context
+from larp.train.checkpoint import list_checkpoints
+from larp.train.config import RunConfig, save_recipe
+from larp.train.engine import Engine, setup_context
+from larp.utils.config import to_dict
 
 log = logging.getLogger("larp.train")
 

@@ -14,10 +14,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
-from ..data.video_io import write_gif, write_png_grid
-from ..eval.metrics import psnr, ssim
-from ..losses import (
+from larp.data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
+from larp.data.video_io import write_gif, write_png_grid
+from larp.eval.metrics import psnr, ssim
+from larp.models.tokenizer import LARPTokenizer
+from larp.train.codebook import AntiCollapse, CodebookMonitor
+from larp.train.config import DataConfig, OptimConfig, TokenizerTrainConfig
+from larp.train.engine import TrainContext
+from larp.train.losses import (
     DiscriminatorConfig,
     LeCam,
     PerceptualLoss,
@@ -28,10 +32,6 @@ from ..losses import (
     r1_penalty,
     require_vgg_weights,
 )
-from ..models.tokenizer import LARPTokenizer
-from .codebook import AntiCollapse, CodebookMonitor
-from .config import DataConfig, OptimConfig, TokenizerTrainConfig
-from .engine import TrainContext
 
 
 class WarmupCosine:

@@ -1,4 +1,4 @@
-"""`larp tokenize`, `larp decode` and `larp reconstruct`: whole videos through a tokenizer (larp.videos)."""
+"""`larp tokenize`, `larp decode` and `larp reconstruct`: whole videos through a tokenizer (larp.videos.tokens)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from .data.video_io import MP4Writer, read_video, to_uint8
-from .models.hub import CheckpointError
-from .models.tokenizer import LARPTokenizer
-from .video_layout import SPATIAL_MODES
-from .videos import (
+from larp.data.video_io import MP4Writer, read_video, to_uint8
+from larp.models.tokenizer import LARPTokenizer
+from larp.utils.device import DTYPES, resolve_device
+from larp.utils.errors import CheckpointError
+from larp.videos.layout import SPATIAL_MODES
+from larp.videos.tokens import (
     DEFAULT_FPS,
-    DTYPES,
     PSNRMeter,
     VideoTokens,
     iter_decode,
@@ -33,14 +33,6 @@ def _error(command: str, exc: BaseException) -> int:
     print(f"larp {command}: error: {message}", file=sys.stderr)
     return 1
 
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r} ({exc})") from exc
 
 
 def _load_tokenizer(name: str, device: torch.device) -> tuple[LARPTokenizer, str]:
@@ -87,7 +79,7 @@ def _outputs(videos: list[str], out: str) -> list[Path]:
 def run_tokenize(args: argparse.Namespace) -> int:
     try:
         outputs = _outputs(args.videos, args.output)
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model, model_id = _load_tokenizer(args.tokenizer, device)
     except USER_ERRORS as exc:
         return _error("tokenize", exc)
@@ -115,7 +107,7 @@ def run_decode(args: argparse.Namespace) -> int:
         name = args.tokenizer or tokens.tokenizer
         if not name:
             raise ValueError(f"{args.tokens} does not name its tokenizer; pass --tokenizer")
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model, _ = _load_tokenizer(name, device)
         chunks = iter_decode(model, tokens, batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype])
         _write(out, chunks, tokens.fps or DEFAULT_FPS)
@@ -129,7 +121,7 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_reconstruct(args: argparse.Namespace) -> int:
     try:
         out = _mp4_path(args.output)
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model, _ = _load_tokenizer(args.tokenizer, device)
         frames, fps = read_video(args.video)
         meter = PSNRMeter()

@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..models.tokenizer import LARPTokenizer
-from .datasets import VideoClipDataset
-from .transforms import ClipTransform
-from .video_io import VideoReadError, probe_video, read_clip
+from larp.data.datasets import VideoClipDataset
+from larp.data.transforms import ClipTransform
+from larp.data.video_io import VideoReadError, probe_video, read_clip
+from larp.models.tokenizer import LARPTokenizer
 
 META = "meta.json"
 

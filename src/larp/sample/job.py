@@ -23,7 +23,6 @@ output_dir/
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -40,14 +39,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from .data.datasets import read_video_csv
-from .data.video_io import write_gif, write_mp4, write_png_grid
-from .eval import fvd as fvd_lib
-from .eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
-from .models.ar import LARPAR
-from .models.hub import atomic_write_bytes
-from .models.tokenizer import LARPTokenizer
-from .sample_shards import (
+from larp.data.datasets import read_video_csv
+from larp.data.video_io import write_gif, write_mp4, write_png_grid
+from larp.eval import fvd as fvd_lib
+from larp.eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
+from larp.models.ar import LARPAR
+from larp.models.tokenizer import LARPTokenizer
+from larp.sample.generate import frame_prediction_condition, generate
+from larp.sample.shards import (
     LOCK_STALE_SECONDS,
     MergeLock,
     ShardRecord,
@@ -57,14 +56,13 @@ from .sample_shards import (
     finished_shards,
     grid_batches,
     shard_paths,
-    write_json,
 )
-from .sampling import frame_prediction_condition, generate
+from larp.utils.device import autocast, resolve_device, resolve_dtype
+from larp.utils.files import atomic_write_bytes, write_json
 
 FPS = 25  # the reference release writes its samples at 25 fps (UCF-101's and Kinetics' native rate)
 FP_FVD_SIZE = 64  # frame prediction protocol: prediction and ground truth go to 64x64 before the detector
 OVERVIEW_SAMPLES = 8
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 REPORT_COLUMNS = ("finished", "ar_model", "tokenizer", "num_samples", "fp", "num_cond_frames", "cfg_scale",
                   "cfg_interval", "temperature", "top_k", "top_p", "dtype", "seed", "dataset_csv",
                   "dataset_split_seed", "nll_sampled", "fvd")
@@ -122,12 +120,6 @@ class SamplePlan:
 
 
 # ------------------------------------------------------------------------------------------ small helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -192,30 +184,12 @@ def check_models_fit(tokenizer: LARPTokenizer, ar: LARPAR, cfg: SampleConfig) ->
                          f"(class_dropout_prob > 0); {cfg.ar_model} has none, use --cfg_scale 1")
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    if name is None:
-        name = "bfloat16" if device.type == "cuda" else "float32"
-    if name not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    dtype = DTYPES[name]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
-                         "use --dtype float32")
-    return dtype
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _check_autocast_works(ar: LARPAR, cond: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
     """Autocast support differs between devices and torch builds: try one token before the real work."""
     if dtype == torch.float32:
         return
     try:
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             generate(ar, cond[:1], num_tokens=1)
     except RuntimeError as exc:
         raise ValueError(f"--dtype {str(dtype).removeprefix('torch.')} does not work on {device} with torch "
@@ -266,7 +240,7 @@ def prepare(cfg: SampleConfig) -> SamplePlan:
     """Every check of a shard, before any sample is made: numbers, models, dataset, job folder, detector."""
     check_numbers(cfg)
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, allowed=("float32", "bfloat16"))
     csv_path = Path(cfg.dataset_csv)
     if not csv_path.is_file():
         raise FileNotFoundError(f"--dataset_csv {csv_path} does not exist")
@@ -345,7 +319,7 @@ def run_shard(plan: SamplePlan, progress: bool = True) -> ShardRecord:
         else:
             cond = labels
         generator = torch.Generator(device).manual_seed(batch_seed(cfg.seed, b0))
-        with _autocast(device, plan.dtype):
+        with autocast(device, plan.dtype):
             tokens = generate(plan.ar, cond, cfg_scale=cfg.cfg_scale, cfg_interval=cfg.cfg_interval,
                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                               generator=generator)

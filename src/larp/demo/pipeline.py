@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config_utils import ConfigError
+from larp.utils.config import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -93,8 +93,8 @@ class Demo:
     def recipes(self) -> dict[str, Any]:
         """The resolved training recipes (presets included): what a finished stage's results depend on
         beyond DemoConfig, so that a demo folder from another version of them is never resumed."""
-        from .config_utils import to_dict
-        from .train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
+        from larp.train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
+        from larp.utils.config import to_dict
 
         tok = load_recipe(TokenizerTrainConfig, None, self.cfg.tokenizer_overrides())
         ar = load_recipe(ARTrainConfig, None, self.cfg.ar_overrides())
@@ -153,7 +153,7 @@ class Demo:
         return json.loads((self.out / "metrics.json").read_text())
 
     def stage_data(self) -> dict[str, Any]:
-        from .data.synthetic import write_synthetic_dataset
+        from larp.data.synthetic import write_synthetic_dataset
 
         c = self.cfg
         paths = write_synthetic_dataset(self.out / "data", classes=c.classes, clips_per_class=c.clips_per_class,
@@ -164,9 +164,9 @@ class Demo:
         return self.state["done"]["data"]
 
     def stage_tokenizer(self) -> dict[str, Any]:
-        from .train.config import TokenizerTrainConfig, load_recipe
-        from .train.run import train
-        from .train.tokenizer_task import TokenizerTask
+        from larp.train.config import TokenizerTrainConfig, load_recipe
+        from larp.train.run import train
+        from larp.train.tokenizer_task import TokenizerTask
 
         d = self._data()
         run_dir = self.out / "tokenizer"
@@ -177,17 +177,17 @@ class Demo:
         return {"model": str(run_dir / "model"), "final_eval": metrics}
 
     def _tokenizer(self):
-        from .models.tokenizer import LARPTokenizer
+        from larp.models.tokenizer import LARPTokenizer
 
         return LARPTokenizer.from_pretrained(self.state["done"]["tokenizer"]["model"])
 
     @torch.no_grad()
     def stage_recon(self) -> dict[str, Any]:
-        from .data.datasets import VideoCSVDataset
-        from .data.synthetic import classify_clips
-        from .data.video_io import write_gif, write_png_grid
-        from .eval.metrics import psnr, ssim
-        from .train.codebook import CodebookMonitor
+        from larp.data.datasets import VideoCSVDataset
+        from larp.data.synthetic import classify_clips
+        from larp.data.video_io import write_gif, write_png_grid
+        from larp.eval.metrics import psnr, ssim
+        from larp.train.codebook import CodebookMonitor
 
         tok = self._tokenizer()
         val = VideoCSVDataset(self._data()["val"], num_frames=self.cfg.frames, size=self.cfg.size, seed=self.cfg.seed)
@@ -216,8 +216,8 @@ class Demo:
                 "recon_class_accuracy": float(np.mean(kept)), "val_clips": len(val)}
 
     def stage_tokens(self) -> dict[str, Any]:
-        from .data.datasets import VideoCSVDataset
-        from .data.token_cache import build_token_cache
+        from larp.data.datasets import VideoCSVDataset
+        from larp.train.token_cache import build_token_cache
 
         tok = self._tokenizer()
         cache = self.out / "tokens"
@@ -229,9 +229,9 @@ class Demo:
         return {"cache": str(cache), "entries": meta.num_entries}
 
     def stage_ar(self) -> dict[str, Any]:
-        from .train.ar_task import ARTask
-        from .train.config import ARTrainConfig, load_recipe
-        from .train.run import train
+        from larp.train.ar_task import ARTask
+        from larp.train.config import ARTrainConfig, load_recipe
+        from larp.train.run import train
 
         tok = self._tokenizer()
         run_dir = self.out / "ar"
@@ -246,9 +246,9 @@ class Demo:
 
     @torch.no_grad()
     def stage_samples(self) -> dict[str, Any]:
-        from .data.video_io import write_gif, write_mp4, write_png_grid
-        from .models.ar import LARPAR
-        from .sampling import generate
+        from larp.data.video_io import write_gif, write_mp4, write_png_grid
+        from larp.models.ar import LARPAR
+        from larp.sample.generate import generate
 
         tok = self._tokenizer()
         ar = LARPAR.from_pretrained(self.state["done"]["ar"]["model"])
@@ -278,7 +278,7 @@ class Demo:
     def stage_score(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        from .data.synthetic import classify_clips
+        from larp.data.synthetic import classify_clips
 
         data = load_file(str(self.out / "samples" / "samples.safetensors"))
         pred = classify_clips(data["videos"], self.cfg.classes)
@@ -288,8 +288,8 @@ class Demo:
                 "chance": 1.0 / self.cfg.classes}
 
     def stage_report(self) -> dict[str, Any]:
-        from .data.synthetic import synthetic_classes
-        from .report import plot_curves, write_report
+        from larp.data.synthetic import synthetic_classes
+        from larp.demo.report import plot_curves, write_report
 
         done = self.state["done"]
         recon, score = done["recon"], done["score"]

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from .data.transforms import pad_frames
-from .models.hub import atomic_write_bytes
-from .models.tokenizer import LARPTokenizer
-from .video_layout import SpatialLayout, blend_tiles, plan_layout, plan_windows
+from larp.data.transforms import pad_frames
+from larp.models.tokenizer import LARPTokenizer
+from larp.utils.device import DTYPES, autocast
+from larp.utils.files import atomic_write_bytes
+from larp.videos.layout import SpatialLayout, blend_tiles, plan_layout, plan_windows
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FILE_FORMAT = "larp.video_tokens"
 FILE_VERSION = 1
 DEFAULT_FPS = 8.0  # for writing tokens whose source frame rate is unknown
@@ -228,9 +228,7 @@ def _precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractC
     """Autocast to `dtype` (bfloat16/float16) so that the weights stay as they are; float32 runs as is."""
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return autocast(device, dtype)
 
 
 def _as_source(frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -1,4 +1,4 @@
-"""The bookkeeping of a sharded sampling job (`larp.sample_run`): the batch grid and its seeds, shard files
+"""The bookkeeping of a sharded sampling job (`larp.sample.job`): the batch grid and its seeds, shard files
 and markers, coverage, exclusive files and the merge lock. No model code here."""
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .models.hub import atomic_write_bytes
 
 LOCK_STALE_SECONDS = 600.0  # merging takes seconds; a lock this old belongs to a process that died
 _MARKER = re.compile(r"shard_(\d+)_(\d+)\.done\.json")
@@ -41,12 +39,6 @@ def grid_batches(start: int, end: int, total: int, batch_size: int) -> list[tupl
     """The grid batches [k*B, min((k+1)*B, total)) that hold a sample of [start, end)."""
     first = (start // batch_size) * batch_size
     return [(b, min(b + batch_size, total)) for b in range(first, end, batch_size)]
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def create_exclusive(path: Path, data: dict[str, Any]) -> bool:

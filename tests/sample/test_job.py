@@ -26,10 +26,9 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_clip
 from larp.eval import fvd
 from larp.eval.protocols import ucf_gfvd_chunks
-from larp.sample_shards import MergeLock, batch_seed, grid_batches
-
-from .conftest import official
-from .eval.conftest import trust
+from larp.sample.shards import MergeLock, batch_seed, grid_batches
+from tests.conftest import official
+from tests.eval.conftest import trust
 
 REFERENCE_OPTIONS = ("ar_model", "tokenizer", "output_dir", "num_samples", "sample_batch_size", "cfg_scale",
                      "cfg_interval", "temperature", "top_k", "top_p", "dtype", "dataset_csv",

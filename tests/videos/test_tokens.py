@@ -14,10 +14,9 @@ from larp import LARPTokenizer, tokenizer_preset
 from larp.cli import main
 from larp.data.transforms import center_crop, pad_frames, resize_short_side
 from larp.data.video_io import read_video, write_mp4
-from larp.video_layout import blend_tiles, plan_layout, plan_tiles, plan_windows, tile_weights
-from larp.videos import VideoTokens, VideoTokensError, decode_tokens, reconstruct_video, tokenize_video
-
-from .conftest import official
+from larp.videos.layout import blend_tiles, plan_layout, plan_tiles, plan_windows, tile_weights
+from larp.videos.tokens import VideoTokens, VideoTokensError, decode_tokens, reconstruct_video, tokenize_video
+from tests.conftest import official
 
 
 class PixelCodec(nn.Module):

@@ -1,5 +1,5 @@
 """How a whole video maps onto a tokenizer's T-frame S×S clips: time windows, spatial tiles, the layout of
-a video, and blending overlapping tiles back (see `larp.videos` for the three spatial modes)."""
+a video, and blending overlapping tiles back (see `larp.videos.tokens` for the three spatial modes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data.transforms import short_side_size
+from larp.data.transforms import short_side_size
 
 SPATIAL_MODES = ("crop", "cover", "tile")
 

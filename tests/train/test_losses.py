@@ -10,8 +10,9 @@ import lpips
 import pytest
 import torch
 
-from larp import losses
-from larp.losses import (
+from larp.models.layers import sincos_3d
+from larp.train import losses
+from larp.train.losses import (
     VGG16_BYTES,
     VGG16_FILE,
     VGG16_URL,
@@ -31,7 +32,6 @@ from larp.losses import (
     smoothed_targets,
     vgg_trunk_state,
 )
-from larp.models.layers import sincos_3d
 
 
 def _sigmoid(x: float) -> float:

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 import sys
 
-from .eval.fvd import ENV_I3D_PATH, DetectorError
-from .models.hub import CheckpointError
+from larp.eval.fvd import ENV_I3D_PATH, DetectorError
+from larp.utils.errors import CheckpointError
 
 # Errors that describe bad input; the command prints them without a traceback.
 USER_ERRORS = (DetectorError, CheckpointError, FileNotFoundError, ValueError)
@@ -67,13 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .sample_run import SampleConfig
+    from larp.sample.job import SampleConfig
 
     return SampleConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)})
 
 
 def run(args: argparse.Namespace) -> int:
-    from .sample_run import run_sample_job
+    from larp.sample.job import run_sample_job
 
     try:
         result = run_sample_job(config_from_args(args))
