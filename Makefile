@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the release this project is tested with; pip takes it from the local wheel cache when present.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast lint demo bench clean readme
+.PHONY: install test test-fast lint demo bench clean docs readme
 
 $(BIN)/larp: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,5 +35,8 @@ bench: install
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
 
-readme: install
-	$(BIN)/python -c "from larp.cli import update_readme; update_readme('README.md')"
+# docs/cli.md is generated from the parser (tests/test_cli.py checks that it is current).
+docs: install
+	$(BIN)/python -c "from larp.cli import write_cli_doc; write_cli_doc('docs/cli.md')"
+
+readme: docs

@@ -1,35 +1,216 @@
-"""The command line: the README's reference is the parser's, overrides anywhere, clear errors."""
+"""The command line: the reference in docs/cli.md is the parser's, one vocabulary, one-line errors."""
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from larp.cli import README_END, README_START, cli_reference, main
+from larp import cli
+from larp.cli import COMMANDS, build_parser, cli_doc, cli_reference, main
+from larp.utils import cli as opts
+from larp.utils.errors import LarpError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_readme_cli_reference_is_current():
-    text = (REPO / "README.md").read_text()
-    embedded = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
-    assert embedded == cli_reference().strip(), "run `make readme` to refresh the README's CLI reference"
+def test_cli_doc_is_current():
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert text == cli_doc(), "run `make docs` to refresh docs/cli.md"
 
 
 def test_every_command_is_documented():
     ref = cli_reference()
     for cmd in ("train", "tokenize-dataset", "sample", "eval tokenizer", "fvd", "tokenize", "decode",
                 "reconstruct", "demo", "prepare-data ucf101", "synth-data"):
-        assert f"#### `larp {cmd}`" in ref, cmd
+        assert f"## `larp {cmd}`" in ref, cmd
+
+
+def test_command_table_matches_the_modules():
+    """`larp --help` lists COMMANDS without importing the modules: the table must name every command."""
+    parser = build_parser()
+    registered = set(cli._commands_action(parser).choices)
+    assert registered == set(COMMANDS), "add the new command to larp.cli.COMMANDS"
+    for name, (module, _) in COMMANDS.items():  # the module named in the table is the one that adds it
+        lazy = cli._commands_action(build_parser(load=[name])).choices[name]
+        assert lazy._actions, (name, module)  # a listed-only stub has no options, not even -h
+
+
+def test_help_imports_no_torch():
+    code = ("import sys; from larp.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"larp {__import__('larp').__version__}"
 
 
 def test_unknown_arguments_are_refused(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["demo", "--bogus"])
+    assert exc.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_unknown_command_suggests(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["tokenise", "x.mp4"])
+    assert exc.value.code == 2
+    assert "unknown command 'tokenise'; did you mean 'tokenize'?" in capsys.readouterr().err
 
 
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def _fake_command(monkeypatch, exc: BaseException):
+    """`larp synth-data` whose body raises `exc`."""
+    def boom(args):
+        raise exc
+
+    real = build_parser
+
+    def patched(load=None):
+        parser = real(load)
+        cli._commands_action(parser).choices["synth-data"].set_defaults(func=boom)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+
+
+@pytest.mark.parametrize("exc", [LarpError("no such\n  thing"), ValueError("bad value"),
+                                 FileNotFoundError("missing.csv")])
+def test_user_errors_are_one_line(monkeypatch, capsys, exc):
+    _fake_command(monkeypatch, exc)
+    assert main(["synth-data", "out"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"larp synth-data: error: {' '.join(str(exc).split())}\n"
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    _fake_command(monkeypatch, ValueError("bad value"))
+    with pytest.raises(ValueError, match="bad value"):
+        main(["synth-data", "out", "--debug"])
+    with pytest.raises(ValueError, match="bad value"):
+        main(["--debug", "synth-data", "out"])
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    _fake_command(monkeypatch, KeyboardInterrupt())
+    assert main(["synth-data", "out"]) == 130
+    assert capsys.readouterr().err == "larp synth-data: interrupted\n"
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    _fake_command(monkeypatch, ZeroDivisionError("a bug"))
+    with pytest.raises(ZeroDivisionError):
+        main(["synth-data", "out"])
+
+
+def test_nested_command_names_itself(monkeypatch, capsys, tmp_path):
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(b"\x00\x01\xff binary")
+    assert main(["eval", "tokenizer", "--tokenizer", str(tmp_path), "--dataset_csv", str(csv)]) == 1
+    assert capsys.readouterr().err.startswith("larp eval tokenizer: error: ")
+
+
+# --- the shared vocabulary ---------------------------------------------------------------------------------
+
+def test_add_option_spellings_aliases_and_default():
+    p = argparse.ArgumentParser()
+    opts.add_option(p, "num_samples", "--ns", type=int, default=8, help="samples")
+    opts.add_output(p, "--output_dir", help="folder")
+    action = next(a for a in p._actions if a.dest == "num_samples")
+    assert action.option_strings == ["--num_samples", "--num-samples", "--ns"]
+    assert action.help == "samples (default: 8)"
+    out = next(a for a in p._actions if a.dest == "out")
+    assert out.option_strings == ["-o", "--out", "--output_dir", "--output-dir"]
+    for spelling in ("-o", "--out", "--output_dir", "--output-dir"):
+        assert p.parse_args([spelling, "x"]).out == "x"
+    assert p.parse_args(["--num-samples", "3", "-o", "x"]).num_samples == 3
+
+
+def test_dtype_names_match_the_library():
+    from larp.utils.device import DTYPES
+
+    assert tuple(DTYPES) == opts.DTYPE_NAMES
+
+
+@pytest.mark.parametrize(("kind", "good", "bad"), [
+    (opts.positive_int, {"1": 1, "12": 12}, ["0", "-3", "1.5", "x"]),
+    (opts.non_negative_int, {"0": 0, "7": 7}, ["-1", "nan"]),
+    (opts.positive_float, {"0.5": 0.5, "8": 8.0}, ["0", "-1", "nan", "inf", "1e400"]),
+    (opts.non_negative_float, {"0": 0.0, "1.25": 1.25}, ["-0.1", "nan"]),
+    (opts.finite_float, {"-2": -2.0}, ["nan", "-inf"]),
+    (opts.fraction, {"0": 0.0, "0.25": 0.25}, ["1", "-0.5"]),
+    (opts.probability, {"1": 1.0, "0.9": 0.9}, ["0", "1.1"]),
+])
+def test_number_types(kind, good, bad):
+    for text, value in good.items():
+        assert kind(text) == value
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+            kind(text)
+
+
+@pytest.mark.xfail(reason="the commands move to the shared options next", strict=False)
+def test_bad_numbers_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["synth-data", "out", "--classes", "0"])
+    assert exc.value.code == 2
+    assert "expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_check_output(tmp_path):
+    target = tmp_path / "a.npz"
+    assert opts.check_output(target, overwrite=False) == target
+    target.write_bytes(b"")
+    with pytest.raises(LarpError, match="a.npz exists already .*pass --overwrite"):
+        opts.check_output(target, overwrite=False)
+    assert opts.check_output(target, overwrite=True) == target
+
+
+def _all_parsers():
+    parser = build_parser()
+    return [("larp", parser), *((f"larp {n}", p) for n, p in cli._subparsers(parser))]
+
+
+@pytest.mark.xfail(reason="the commands move to the shared options next", strict=False)
+def test_every_option_has_help_with_its_default():
+    flags = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+             argparse._VersionAction, argparse.BooleanOptionalAction, argparse._SubParsersAction)
+    missing = []
+    for prog, parser in _all_parsers():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            if not action.help:
+                missing.append(f"{prog} {name}: no help")
+            elif (action.option_strings and not action.required and not isinstance(action, flags)
+                  and "default" not in action.help):
+                missing.append(f"{prog} {name}: default not shown")
+    assert not missing, "\n".join(missing)
+
+
+@pytest.mark.xfail(reason="the commands move to the shared options next", strict=False)
+def test_every_option_has_both_spellings():
+    missing = []
+    for prog, parser in _all_parsers():
+        for action in parser._actions:
+            for s in action.option_strings:
+                if s.startswith("--") and ("_" in s[2:] or "-" in s[2:]):
+                    other = "--" + (s[2:].replace("_", "-") if "_" in s[2:] else s[2:].replace("-", "_"))
+                    if other not in action.option_strings and not s.startswith("--no-"):
+                        missing.append(f"{prog} {s}")
+    assert not missing, "\n".join(missing)
