@@ -128,6 +128,8 @@ def test_offline_hub_id_without_cache_says_what_to_download(tmp_path, monkeypatc
     text = str(err.value)
     assert "hywang66/LARP-L-long-tokenizer" in text
     assert "huggingface.co/hywang66/LARP-L-long-tokenizer" in text and "model.safetensors" in text
+    assert "`hf download hywang66/LARP-L-long-tokenizer config.json model.safetensors" in text
+    assert "huggingface-cli" not in text
 
 
 def test_hub_cache_is_used_offline(tmp_path, monkeypatch):
@@ -150,3 +152,225 @@ def test_hub_cache_is_used_offline(tmp_path, monkeypatch):
 def test_not_a_folder_nor_repo_id(tmp_path):
     with pytest.raises(CheckpointError, match="neither a model folder"):
         LARPTokenizer.from_pretrained(str(tmp_path / "nope"))
+
+
+# ------------------------------------------------------------------------------------ bounded, safe loading
+def _edit_weights(folder, **changes):
+    file = folder / "model.safetensors"
+    state = load_file(str(file))
+    state.update(changes)
+    save_file(state, str(file))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.int8])
+def test_non_float_weights_are_refused(tiny_folder, dtype):
+    _, folder = tiny_folder
+    _edit_weights(folder, **{"final_layer.linear.weight": torch.zeros(384, 64, dtype=dtype)})
+    with pytest.raises(CheckpointError, match=r"tensors of the wrong type \['final_layer.linear.weight: "):
+        LARPTokenizer.from_pretrained(folder)
+
+
+def test_half_precision_weights_load_as_float32(tiny_folder):
+    model, folder = tiny_folder
+    state = {k: v.to(torch.bfloat16) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    save_file(state, str(folder / "model.safetensors"))
+    loaded = LARPTokenizer.from_pretrained(folder)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert torch.equal(loaded.final_layer.linear.weight, state["final_layer.linear.weight"].float())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tiny_folder, bad):
+    model, folder = tiny_folder
+    weight = model.final_layer.linear.weight.detach().clone()
+    weight[3, 5] = bad
+    _edit_weights(folder, **{"final_layer.linear.weight": weight})
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 tensor\(s\) \['final_layer.linear.weight'\]"):
+        LARPTokenizer.from_pretrained(folder)
+
+
+def test_a_pickle_named_model_safetensors_never_runs(tiny_folder, tmp_path):
+    _, folder = tiny_folder
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import pickle
+
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"w": Payload()}))
+    with pytest.raises(CheckpointError, match="cannot be read as safetensors"):
+        LARPTokenizer.from_pretrained(folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("encoder_hidden_size", 10**9, r"encoder_hidden_size=1000000000 is out of range; expected an integer in \[1, 16,384\]"),
+    ("encoder_depth", 10**7, r"encoder_depth=10000000 is out of range"),
+    ("frame_num", 0, r"frame_num=0 is out of range"),
+    ("latent_pe_scale_factor", float("inf"), r"latent_pe_scale_factor=inf must be a finite number > 0"),
+])
+def test_absurd_config_sizes_fail_before_building(tiny_folder, monkeypatch, key, value, message):
+    _, folder = tiny_folder
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(LARPTokenizer, "__init__", lambda *a: pytest.fail("built before the size check"))
+    with pytest.raises(CheckpointError, match=message):
+        LARPTokenizer.from_pretrained(folder)
+
+
+def test_absurd_codebook_and_ar_width_are_refused(tiny_folder, tmp_path):
+    _, folder = tiny_folder
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["bottleneck"]["args"]["regularizer"]["args"]["codebook_size"] = 10**9
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"codebook_size=1000000000 is out of range"):
+        LARPTokenizer.from_pretrained(folder)
+    ar = LARPAR(ar_preset("ar-tiny")).save_pretrained(tmp_path / "ar")
+    cfg = json.loads((ar / "config.json").read_text())
+    (ar / "config.json").write_text(json.dumps({**cfg, "dim": 10**9}))
+    with pytest.raises(CheckpointError, match=r"AR config: dim=1000000000 is out of range"):
+        LARPAR.from_pretrained(ar)
+
+
+def test_model_is_built_on_meta_and_checked_against_the_header_first(tiny_folder, monkeypatch):
+    """A config within limits but far larger than its weight file fails on the shapes, with nothing allocated."""
+    _, folder = tiny_folder
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(encoder_hidden_size=16384, encoder_num_heads=128, encoder_depth=64)  # ~800 GB if allocated
+    (folder / "config.json").write_text(json.dumps(cfg))
+    devices = []
+    original = LARPTokenizer.__init__
+
+    def spy(self, config):
+        devices.append(torch.empty(()).device.type)  # the default device while the model is built
+        original(self, config)
+
+    monkeypatch.setattr(LARPTokenizer, "__init__", spy)
+    with pytest.raises(CheckpointError) as err:
+        LARPTokenizer.from_pretrained(folder)
+    assert devices == ["meta"]
+    text = str(err.value)
+    assert "x_embedder.proj.weight: checkpoint (64, 3, 4, 8, 8) vs model (16384, 3, 4, 8, 8)" in text
+    assert "the config describes" in text and "values in" in text and "the file holds" in text
+
+
+def test_non_persistent_buffers_are_computed_after_a_meta_build(tmp_path):
+    from larp.models.hub import HubModelMixin
+
+    class Config:
+        def __init__(self, n):
+            self.n = n
+
+        def to_json_dict(self):
+            return {"n": self.n}
+
+        @classmethod
+        def from_json_dict(cls, data):
+            return cls(**data)
+
+    class WithoutHook(HubModelMixin, torch.nn.Module):
+        config_class = Config
+
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.linear = torch.nn.Linear(config.n, config.n)
+            self.register_buffer("table", torch.arange(config.n) * 0.5, persistent=False)
+
+    class WithHook(WithoutHook):
+        def init_non_persistent_buffers(self):
+            self.table = torch.arange(self.config.n) * 0.5
+
+    model = WithHook(Config(4))
+    folder = model.save_pretrained(tmp_path / "m")
+    loaded = WithHook.from_pretrained(folder)
+    assert torch.equal(loaded.table, torch.arange(4) * 0.5) and torch.equal(loaded.linear.weight, model.linear.weight)
+    with pytest.raises(CheckpointError, match=r"that it cannot compute \(\['table'\]\)"):
+        WithoutHook.from_pretrained(folder)
+
+
+def test_loaded_fixed_embeddings_equal_freshly_computed_ones(tiny_folder):
+    model, folder = tiny_folder
+    loaded = LARPTokenizer.from_pretrained(folder)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, dict(loaded.named_buffers())[name]), name
+
+
+# ------------------------------------------------------------------------------------ files, card, upload
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_files_honour_the_umask(tmp_path, umask):
+    import os
+
+    old = os.umask(umask)
+    try:
+        folder = LARPAR(ar_preset("ar-tiny")).save_pretrained(tmp_path / "ar")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_model_card_has_config_recipe_metrics_and_usage(tmp_path):
+    model = LARPTokenizer(tokenizer_preset("larp-tiny"))
+    folder = model.save_pretrained(tmp_path / "tok", recipe={"steps": 1200, "lr": 1e-4},
+                                   metrics={"psnr_db": 24.891, "lpips": 0.1234})
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: larp\ntags:\n- larp\n- video-tokenizer\n---\n")
+    assert 'LARPTokenizer.from_pretrained("path/to/this/folder")' in card
+    n = sum(p.numel() for p in model.state_dict().values())
+    assert f"{n:,} parameters" in card
+    assert "Clips of 8 frames of 32x32 pixels <-> 32 tokens from a codebook of 128 codes." in card
+    assert json.dumps(model.config.to_json_dict(), indent=2, sort_keys=True) in card
+    assert '"steps": 1200' in card and "| psnr_db | 24.89 |" in card and "| lpips | 0.1234 |" in card
+    bare = (LARPAR(ar_preset("ar-tiny")).save_pretrained(tmp_path / "ar") / "README.md").read_text()
+    assert bare.count("Not recorded.") == 2 and "5 classes" in bare
+
+
+class _FakeApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+
+    def upload_folder(self, repo_id, folder_path, **kw):
+        from pathlib import Path
+
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        # What would be uploaded loads strictly.
+        loaded = LARPAR.from_pretrained(folder_path)
+        self.calls.append(("upload_folder", repo_id, files, loaded.config.num_classes, kw["commit_message"]))
+
+        class Info:
+            commit_url = f"https://huggingface.co/{repo_id}/commit/abc"
+
+        return Info()
+
+
+def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeApi)
+    _FakeApi.calls = []
+    model = LARPAR(ar_preset("ar-tiny"))
+    url = model.push_to_hub("me/ar-tiny", private=True, metrics={"fvd": 12.5})
+    assert url == "https://huggingface.co/me/ar-tiny/commit/abc"
+    assert _FakeApi.calls[0] == ("create_repo", "me/ar-tiny", {"private": True, "exist_ok": True,
+                                                                "repo_type": "model"})
+    assert _FakeApi.calls[1] == ("upload_folder", "me/ar-tiny", ["README.md", "config.json", "model.safetensors"],
+                                 5, "Upload LARPAR with larp")
+
+
+def test_push_to_hub_refuses_offline_and_bad_ids(monkeypatch):
+    model = LARPAR(ar_preset("ar-tiny"))
+    with pytest.raises(ValueError, match="repo_id must look like 'owner/name'"):
+        model.push_to_hub("no-owner")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        model.push_to_hub("me/ar-tiny")

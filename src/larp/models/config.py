@@ -8,10 +8,33 @@ with an error naming the key."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from larp.utils.config import ConfigError, from_dict, to_dict
+
+# Upper bounds on the sizes a config may declare. They are far above any trained model (the released ones
+# are 1024 wide and 30 deep) and catch a `config.json` that would ask for absurd memory before anything is
+# built; `from_pretrained` then compares every tensor shape with the weight file before materialising.
+SIZE_LIMITS: dict[str, int] = {"width": 16_384, "depth": 512, "heads": 256, "codes": 1 << 20, "tokens": 1 << 17,
+                               "frames": 4096, "pixels": 4096, "channels": 16, "classes": 1 << 20}
+
+
+def check_sizes(where: str, values: dict[str, tuple[Any, str]]) -> None:
+    """Raise a ConfigError unless each value is an integer in [1, SIZE_LIMITS[kind]], naming the key."""
+    for key, (value, kind) in values.items():
+        limit = SIZE_LIMITS[kind]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ConfigError(f"{where}: {key}={value!r} is out of range; expected an integer in [1, {limit:,}]")
+
+
+def check_finite(where: str, values: dict[str, tuple[Any, float, bool]]) -> None:
+    """Raise a ConfigError unless each value is a finite number above its bound (`strict`: >, else >=)."""
+    for key, (value, low, strict) in values.items():
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+        if not ok:
+            raise ConfigError(f"{where}: {key}={value!r} must be a finite number {'>' if strict else '>='} {low}")
 
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer
@@ -149,6 +172,28 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         """Reject values this implementation does not support, naming the key."""
+        check_sizes("tokenizer config", {
+            "encoder_hidden_size": (self.encoder_hidden_size, "width"),
+            "decoder_hidden_size": (self.decoder_hidden_size, "width"),
+            "encoder_depth": (self.encoder_depth, "depth"), "decoder_depth": (self.decoder_depth, "depth"),
+            "encoder_num_heads": (self.encoder_num_heads, "heads"),
+            "decoder_num_heads": (self.decoder_num_heads, "heads"),
+            "bottleneck_token_num": (self.bottleneck_token_num, "tokens"),
+            "codebook_size": (self.codebook_size, "codes"), "bottleneck_dim": (self.bottleneck_dim, "width"),
+            "input_size": (self.input_size, "pixels"), "frame_num": (self.frame_num, "frames"),
+            "patch_size": (self.patch_size, "pixels"), "decoder_patch_size": (self.decoder_patch_size, "pixels"),
+            "temporal_patch_size": (self.temporal_patch_size, "frames"),
+            "decoder_temporal_patch_size": (self.decoder_temporal_patch_size, "frames"),
+            "in_channels": (self.in_channels, "channels")})
+        check_finite("tokenizer config", {
+            "latent_pe_scale_factor": (self.latent_pe_scale_factor, 0.0, True),
+            "query_init_std": (self.query_init_std, 0.0, False),
+            "stochastic_temperature": (self.vq.stochastic_temperature, 0.0, True)})
+        for side in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_num_heads")
+            if width % heads:
+                raise ConfigError(f"tokenizer config: {side}_hidden_size {width} is not divisible by "
+                                  f"{side}_num_heads {heads}")
         required = {
             "learned_encoder_patch_pe": False,
             "learned_encoder_latent_query_embed": True,
@@ -234,6 +279,24 @@ class ARConfig:
     frame_prediction: bool = False
 
     def validate(self) -> None:
+        check_sizes("AR config", {
+            "dim": (self.dim, "width"), "n_layer": (self.n_layer, "depth"), "n_head": (self.n_head, "heads"),
+            "n_kv_head": (self.n_kv_head or self.n_head, "heads"), "multiple_of": (self.multiple_of, "width"),
+            "vocab_size": (self.vocab_size, "codes"), "num_classes": (self.num_classes, "classes"),
+            "max_seq_len": (self.max_seq_len, "tokens"), "cls_token_num": (self.cls_token_num, "tokens"),
+            "max_batch_size": (self.max_batch_size, "tokens")})
+        check_finite("AR config", {"norm_eps": (self.norm_eps, 0.0, True), "rope_base": (self.rope_base, 0.0, True),
+                                   "initializer_range": (self.initializer_range, 0.0, False)})
+        if self.ffn_dim_multiplier is not None:
+            check_finite("AR config", {"ffn_dim_multiplier": (self.ffn_dim_multiplier, 0.0, True)})
+            if self.ffn_dim_multiplier > 64:
+                raise ConfigError(f"AR config: ffn_dim_multiplier={self.ffn_dim_multiplier} is out of range; "
+                                  "expected at most 64")
+        for key in ("token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate",
+                    "class_dropout_prob"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ConfigError(f"AR config: {key}={value!r} must be a probability in [0, 1)")
         if self.model_type != "class_cond":
             raise ConfigError(f"AR config: model_type={self.model_type!r}; only 'class_cond' is supported")
         if self.dim % self.n_head:
