@@ -32,6 +32,32 @@ def test_synth_data_command(tmp_path, capsys):
     assert (count_rows(out / "train.csv"), count_rows(out / "val.csv")) == (6, 6)
     assert len(list((out / "videos").rglob("*.mp4"))) == 12
     assert f"wrote train: {out / 'train.csv'}" in capsys.readouterr().out
+    assert main(args) == 1  # not empty any more
+    assert capsys.readouterr().err == (
+        f"larp synth-data: error: {out} is not empty; pass --overwrite to write the dataset into it anyway\n")
+    assert main(["synth-data", "-o", str(out), *args[2:], "--overwrite", "--clips_per_class", "2"]) == 0
+    assert (count_rows(out / "train.csv"), count_rows(out / "val.csv")) == (6, 0)  # round(2 * 0.25) = 0
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--classes", "0", "expected an integer >= 1, got '0'"),
+    ("--size", "-64", "expected an integer >= 1, got '-64'"),
+    ("--fps", "nan", "expected a finite number, got 'nan'"),
+    ("--val-fraction", "1", "expected a number in [0, 1), got '1'"),
+])
+def test_synth_data_checks_numbers(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["synth-data", str(tmp_path / "s"), option, value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_synth_data_needs_one_output(tmp_path, capsys):
+    assert main(["synth-data"]) == 1
+    assert "no output folder" in capsys.readouterr().err
+    assert main(["synth-data", str(tmp_path / "a"), "-o", str(tmp_path / "b")]) == 1
+    assert "two output folders" in capsys.readouterr().err
 
 
 def test_prepare_data_ucf101_command(ucf_tree, tmp_path, capsys):
@@ -41,17 +67,15 @@ def test_prepare_data_ucf101_command(ucf_tree, tmp_path, capsys):
     assert count_rows(tmp_path / "o" / "ucf101_train1.csv") == 12
     assert "ucf101_test1.csv" in capsys.readouterr().out
     (ucf_tree.root / ucf_tree.name("YoYo", 1, 1)).unlink()
-    with pytest.raises(FileNotFoundError, match="1 of 12 listed videos do not exist"):
-        main(["prepare-data", "ucf101", str(ucf_tree.root), str(ucf_tree.splits), str(tmp_path / "o")])
-    cmd = [
-        "prepare-data",
-        "ucf101",
-        str(ucf_tree.root),
-        str(ucf_tree.splits),
-        str(tmp_path / "o"),
-        "--allow-missing",
-    ]
-    assert main(cmd) == 0
+    cmd = ["prepare-data", "ucf101", str(ucf_tree.root), str(ucf_tree.splits), str(tmp_path / "o")]
+    assert main(cmd) == 1  # the CSVs exist
+    err = capsys.readouterr().err
+    assert "ucf101_train1.csv" in err and "pass --overwrite" in err
+    assert main([*cmd, "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("larp prepare-data ucf101: error: ") and "1 of 12 listed videos do not exist" in err
+    assert "\n" not in err.rstrip("\n")
+    assert main([*cmd, "--allow-missing", "--overwrite"]) == 0
     assert count_rows(tmp_path / "o" / "ucf101_test1.csv") == 11
 
 

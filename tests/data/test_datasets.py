@@ -138,6 +138,21 @@ def test_csv_unknown_paths_name_the_rows(videos, tmp_path):
     )
 
 
+def test_csv_binary_bom_and_folder(videos, tmp_path):
+    (tmp_path / "bin.csv").write_bytes(b"id,path\n\xff\xfe\x00\x01")
+    with pytest.raises(ValueError, match=r"bin\.csv is not a text CSV \(byte 8 is not UTF-8\); expected a "
+                                         r"metadata CSV with the columns id,path,action,label"):
+        read_video_csv(tmp_path / "bin.csv")
+    (tmp_path / "nul.csv").write_bytes(b"id,path,action,label\na,\x00,x,0\n")
+    with pytest.raises(ValueError, match=r"nul\.csv holds NUL bytes"):
+        read_video_csv(tmp_path / "nul.csv")
+    with pytest.raises(IsADirectoryError, match="is a folder; expected a metadata CSV file"):
+        read_video_csv(tmp_path)
+    videos.write("v.mp4", videos.flat_frames(4))
+    (tmp_path / "bom.csv").write_bytes("\ufeffid,path,action,label\nv,v.mp4,x,3\n".encode())
+    assert [(r.id, r.label) for r in read_video_csv(tmp_path / "bom.csv")] == [("v", 3)]
+
+
 def test_csv_bad_label_empty_and_absent(videos, tmp_path):
     videos.write("ok.mp4", videos.flat_frames(4))
     with pytest.raises(ValueError, match=r"line 2: label must be an integer, found 'walk'"):

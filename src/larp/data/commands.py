@@ -1,15 +1,28 @@
-"""`larp prepare-data ucf101|k600|folder ...` and `larp synth-data OUT ...`."""
+"""`larp prepare-data ucf101|k600|folder ...` and `larp synth-data [-o] OUT ...`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Callable
+from pathlib import Path
+
+from larp.utils import cli as opts
+from larp.utils.errors import LarpError
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """The files a command is about to write must not exist, unless --overwrite."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise LarpError(f"{', '.join(existing)} exist(s) already; pass --overwrite to replace")
 
 
 def _prepare_ucf101(args: argparse.Namespace) -> int:
     from larp.data.prepare import build_ucf101_csvs
 
+    out = Path(args.out)
+    _refuse_existing([out / f"ucf101_{s}{args.split}.csv" for s in ("train", "test")], args.overwrite)
     train, test = build_ucf101_csvs(
         args.root, args.split_dir, args.out, args.split, allow_missing=args.allow_missing
     )
@@ -20,6 +33,9 @@ def _prepare_ucf101(args: argparse.Namespace) -> int:
 def _prepare_k600(args: argparse.Namespace) -> int:
     from larp.data.prepare import build_k600_csvs
 
+    out = Path(args.out)
+    _refuse_existing([out / f"k600_{a.stem}.csv" for a in sorted(Path(args.annotations).glob("*.csv"))],
+                     args.overwrite)
     for path in build_k600_csvs(args.root, args.annotations, args.out).values():
         print(f"wrote {path}")
     return 0
@@ -28,6 +44,7 @@ def _prepare_k600(args: argparse.Namespace) -> int:
 def _prepare_folder(args: argparse.Namespace) -> int:
     from larp.data.prepare import build_folder_csv
 
+    _refuse_existing([Path(args.out_csv)], args.overwrite)
     print(f"wrote {build_folder_csv(args.root, args.out_csv)}")
     return 0
 
@@ -35,8 +52,17 @@ def _prepare_folder(args: argparse.Namespace) -> int:
 def _synth_data(args: argparse.Namespace) -> int:
     from larp.data.synthetic import write_synthetic_dataset
 
+    if args.out and args.out_folder and args.out != args.out_folder:
+        raise ValueError(f"two output folders given ({args.out_folder} and -o {args.out}); give one")
+    out = Path(args.out or args.out_folder or "")
+    if not str(out) or str(out) == ".":
+        raise ValueError("no output folder: larp synth-data OUT (or -o OUT)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; the synthetic dataset needs a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise LarpError(f"{out} is not empty; pass --overwrite to write the dataset into it anyway")
     paths = write_synthetic_dataset(
-        args.out,
+        out,
         classes=args.classes,
         clips_per_class=args.clips_per_class,
         frames=args.frames,
@@ -69,28 +95,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     ucf.add_argument("root", help="folder holding the 101 class folders (ApplyEyeMakeup/...)")
     ucf.add_argument("split_dir", help="folder with classInd.txt, trainlist0N.txt, testlist0N.txt")
     ucf.add_argument("out", help="output folder for ucf101_train{N}.csv and ucf101_test{N}.csv")
-    ucf.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
-    ucf.add_argument("--allow-missing", action="store_true", help="drop listed videos that are absent")
+    opts.add_option(ucf, "split", type=int, default=1, choices=(1, 2, 3), help="the official split")
+    opts.add_option(ucf, "allow_missing", action="store_true",
+                    help="drop listed videos that are absent (default: an absent video is an error)")
+    opts.add_overwrite(ucf)
     ucf.set_defaults(func=_with_logging(_prepare_ucf101))
 
     k600 = kinds.add_parser("k600", help="Kinetics-600 from its annotation CSVs")
     k600.add_argument("root", help="folder holding the downloaded clips (any layout)")
     k600.add_argument("annotations", help="folder with the annotation CSVs (train.csv, validate.csv, ...)")
     k600.add_argument("out", help="output folder for k600_<split>.csv")
+    opts.add_overwrite(k600)
     k600.set_defaults(func=_with_logging(_prepare_k600))
 
     folder = kinds.add_parser("folder", help="any folder with one sub-folder of videos per class")
-    folder.add_argument("root")
-    folder.add_argument("out_csv")
+    folder.add_argument("root", help="folder with one sub-folder of videos per class (labels: sorted names)")
+    folder.add_argument("out_csv", help="the CSV to write")
+    opts.add_overwrite(folder)
     folder.set_defaults(func=_with_logging(_prepare_folder))
 
-    synth = sub.add_parser("synth-data", help="write the synthetic dataset (mp4 clips + train/val CSVs)")
-    synth.add_argument("out", help="output folder")
-    synth.add_argument("--classes", type=int, default=10)
-    synth.add_argument("--clips-per-class", type=int, default=64)
-    synth.add_argument("--frames", type=int, default=16)
-    synth.add_argument("--size", type=int, default=64)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--val-fraction", type=float, default=0.25)
-    synth.add_argument("--fps", type=float, default=8)
+    synth = sub.add_parser("synth-data", help="write the synthetic dataset (mp4 clips + train/val CSVs)",
+                           description="Write the synthetic dataset: classes of coloured shapes moving over a "
+                                       "textured background, as mp4 clips under OUT/videos/ with "
+                                       "OUT/train.csv and OUT/val.csv.")
+    synth.add_argument("out_folder", nargs="?", metavar="OUT", help="output folder (or -o OUT)")
+    opts.add_output(synth, required=False, help="output folder (the same as OUT)")
+    opts.add_option(synth, "classes", type=opts.positive_int, default=10, help="number of classes")
+    opts.add_option(synth, "clips_per_class", type=opts.positive_int, default=64, help="clips per class")
+    opts.add_option(synth, "frames", type=opts.positive_int, default=16, help="frames per clip")
+    opts.add_option(synth, "size", type=opts.positive_int, default=64, help="frame width and height")
+    opts.add_seed(synth, help="seed of the clips (clip i of class k: seed sequence (seed, k, i))")
+    opts.add_option(synth, "val_fraction", type=opts.fraction, default=0.25,
+                    help="fraction of each class's clips that form the validation split")
+    opts.add_option(synth, "fps", type=opts.positive_float, default=8, help="frame rate of the mp4 files")
+    opts.add_overwrite(synth)
     synth.set_defaults(func=_synth_data)

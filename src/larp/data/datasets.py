@@ -15,6 +15,7 @@ raises on the first unreadable video, since skipping would change the evaluated 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -26,23 +27,43 @@ from torch.utils.data import Dataset
 from larp.data.prepare import CSV_COLUMNS, VideoRow, scan_video_folder
 from larp.data.transforms import ClipTransform, pad_frames
 from larp.data.video_io import VideoReadError, clip_indices, probe_video, read_clip, read_video
+from larp.utils.errors import LarpError
 
 log = logging.getLogger(__name__)
 
 
-class TooManyBadVideosError(RuntimeError):
+class TooManyBadVideosError(LarpError):
     """More than the allowed fraction of a dataset's videos could not be read."""
 
 
 def read_video_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[VideoRow]:
     """Rows of a metadata CSV with paths resolved (against `root`, else the CSV's folder) and checked."""
     csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise IsADirectoryError(f"{csv_path} is a folder; expected a metadata CSV file (id,path,action,label)")
     if not csv_path.is_file():
         raise FileNotFoundError(f"metadata CSV not found: {csv_path}")
     base = Path(root) if root is not None else csv_path.parent
+    try:
+        # utf-8-sig: spreadsheets often start their CSVs with a byte-order mark
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path} is not a text CSV (byte {exc.start} is not UTF-8); expected a metadata "
+                         f"CSV with the columns {','.join(CSV_COLUMNS)}") from None
+    if "\0" in text:
+        raise ValueError(f"{csv_path} holds NUL bytes (a binary file?); expected a metadata CSV with the "
+                         f"columns {','.join(CSV_COLUMNS)}")
+    try:
+        return _parse_video_csv(csv_path, text, base)
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit: not a metadata CSV
+        raise ValueError(f"{csv_path} is not a readable CSV ({exc}); expected the columns "
+                         f"{','.join(CSV_COLUMNS)}") from None
+
+
+def _parse_video_csv(csv_path: Path, text: str, base: Path) -> list[VideoRow]:
     rows: list[VideoRow] = []
     missing: list[str] = []
-    with csv_path.open(newline="") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         absent = [c for c in CSV_COLUMNS if c not in columns]
