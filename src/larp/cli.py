@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("larp.videos.commands", "a token file -> mp4"),
     "reconstruct": ("larp.videos.commands", "a video -> its reconstruction through a tokenizer (mp4) and PSNR"),
     "demo": ("larp.demo.pipeline", "the whole method on the synthetic dataset (CPU, minutes)"),
+    "app": ("larp.app.commands", "a local web page: reconstruct, generate and continue videos (app extra)"),
 }
 
 DEBUG_FLAG = "--debug"

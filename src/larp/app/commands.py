@@ -1,0 +1,73 @@
+"""`larp app`: serve the page on this machine. Light at import (argparse only): the models and Gradio load
+when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from larp.utils.cli import add_device, add_option, add_tokenizer, positive_int
+from larp.utils.errors import LarpError
+
+MAX_FRAMES = 128  # larp.app.core.MAX_FRAMES, repeated so that building the parser imports no torch
+
+DESCRIPTION = """\
+A local web page (Gradio) to see the tokenizer and the generator at work:
+  Reconstruct  upload a video (or pick a demo clip): the original and its reconstruction side by side,
+               the number of tokens, bits per pixel, PSNR, and the token file to download;
+  Generate     clips of a class, with guidance, temperature and seed (needs an AR model);
+  Continue     a frame-prediction continuation of an uploaded clip (needs --fp_model).
+Without --tokenizer, the models of `make demo`: DEMO/tokenizer/model and DEMO/ar/model. Needs the app
+extra: pip install -e '.[app]'."""
+
+
+def resolve_model_paths(args: argparse.Namespace) -> tuple[str | Path, str | Path | None]:
+    """(tokenizer, class-conditional model or None): the ones given, else the demo folder's."""
+    if args.tokenizer is not None:
+        return args.tokenizer, args.ar_model
+    tokenizer, ar_model = args.demo / "tokenizer" / "model", args.demo / "ar" / "model"
+    if not tokenizer.is_dir():
+        raise LarpError(f"no tokenizer at {tokenizer}: run `make demo` first (or `larp demo --out {args.demo}`), "
+                        "or pass --tokenizer with a model folder or Hugging Face repo id")
+    if args.ar_model is not None:
+        return tokenizer, args.ar_model
+    return tokenizer, ar_model if ar_model.is_dir() else None
+
+
+def run(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("gradio") is None:
+        raise LarpError("the page needs Gradio, which is not installed: pip install -e '.[app]'")
+    tokenizer, ar_model = resolve_model_paths(args)
+    from larp.app import core
+    from larp.app.page import launch
+    from larp.utils.device import resolve_device
+
+    models = core.load_models(tokenizer, ar_model, args.fp_model, device=resolve_device(args.device),
+                              names=args.class_names)
+    print(f"larp app: serving on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    launch(models, host=args.host, port=args.port, max_frames=args.max_frames)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tokenizer(p, required=False, help="a tokenizer folder or Hugging Face repo id (default: the demo's, "
+                                          "DEMO/tokenizer/model)")
+    add_option(p, "ar_model", metavar="AR_MODEL", default=None,
+               help="a class-conditional AR model folder or repo id for Generate (default: the demo's, "
+                    "DEMO/ar/model, when --tokenizer is not given)")
+    add_option(p, "fp_model", metavar="FP_MODEL", default=None,
+               help="a frame-prediction AR model folder or repo id for Continue (default: none)")
+    add_option(p, "demo", metavar="DEMO", type=Path, default=Path("runs/demo"),
+               help="the `larp demo` folder whose models are used when --tokenizer is not given")
+    add_option(p, "class_names", metavar="NAMES", default="auto",
+               help="the classes' names: synthetic (the synthetic set's, e.g. red_square_horizontal), index "
+                    "(class 0, class 1, ...), a text file with one name per line, or auto (synthetic for a "
+                    "model inside a demo folder, else index)")
+    add_option(p, "host", default="127.0.0.1", help="the address to serve on (127.0.0.1: this machine only)")
+    add_option(p, "port", type=positive_int, default=7860, help="the port to serve on")
+    add_option(p, "max_frames", type=positive_int, default=MAX_FRAMES,
+               help="frames of an upload that are used (the first ones)")
+    add_device(p)
+    p.set_defaults(func=run)
