@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from larp import LARPTokenizer, tokenizer_preset
 from larp.cli import main
 from larp.data.transforms import center_crop, pad_frames, resize_short_side
 from larp.data.video_io import read_video, write_mp4
+from larp.utils.errors import LarpError
 from larp.videos.layout import blend_tiles, plan_layout, plan_tiles, plan_windows, tile_weights
 from larp.videos.tokens import VideoTokens, VideoTokensError, decode_tokens, reconstruct_video, tokenize_video
 from tests.conftest import official
@@ -244,21 +246,85 @@ def clip(tmp_path: Path) -> Path:
 
 
 def test_cli_tokenize_then_decode_inverts_tokenize(tiny, tiny_dir: Path, clip: Path, tmp_path: Path, capsys):
+    local = Path(shutil.copytree(tiny_dir, tmp_path / "models" / "tok"))
     out = tmp_path / "clip.npz"
-    assert main(["tokenize", str(clip), "--tokenizer", str(tiny_dir), "-o", str(out), "--device", "cpu"]) == 0
-    assert f"wrote {out}: 3 windows x 1 tiles x 32 tokens (20 frames, 100x60, 12 fps)" in capsys.readouterr().out
+    assert main(["tokenize", str(clip), "--tokenizer", str(local), "-o", str(out), "--device", "cpu",
+                 "--spatial", "crop"]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {out}: 3 windows x 1 tiles x 32 tokens (20 frames, 100x60, 12 fps)" in captured.out
+    assert "encode clip.mp4: 100%" in captured.err and "3/3" in captured.err  # the progress bar
     tokens = VideoTokens.load(out)
-    assert (tokens.tokenizer, tokens.fps, tokens.num_frames) == (str(tiny_dir.resolve()), 12.0, 20)
+    assert (tokens.tokenizer, tokens.fps, tokens.num_frames) == ("./models/tok", 12.0, 20)  # relative
     frames, _ = read_video(clip)
-    assert tokens == tokenize_video(tiny, frames, fps=12.0, tokenizer_id=str(tiny_dir.resolve()))
+    assert tokens == tokenize_video(tiny, frames, fps=12.0, tokenizer_id="./models/tok", spatial="crop")
 
+    # The token file and its tokenizer move together.
+    moved = Path(shutil.move(tmp_path / "models", tmp_path / "elsewhere" / "models"))
+    out = out.rename(moved.parent / out.name)
     video = tmp_path / "decoded.mp4"
     assert main(["decode", str(out), "-o", str(video), "--batch-size", "2"]) == 0  # tokenizer from the file
+    assert "decode: 100%" in capsys.readouterr().err
     decoded, fps = read_video(video)
     assert decoded.shape == (20, 60, 60, 3) and fps == 12
     # The same frames as the library's decode, through the same (deterministic) encoder.
     reference, _ = read_video(write_mp4(tmp_path / "reference.mp4", decode_tokens(tiny, tokens), fps=12))
     assert np.array_equal(decoded, reference)
+    # An existing output needs --overwrite; a tokenizer that is gone names --tokenizer.
+    assert main(["decode", str(out), "-o", str(video)]) == 1
+    assert capsys.readouterr().err == f"larp decode: error: {video} exists already (file); pass --overwrite to replace it\n"
+    shutil.rmtree(moved)
+    assert main(["decode", str(out), "-o", str(video), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"larp decode: error: {out} was made with the tokenizer ./models/tok (relative to the "
+                          f"token file: {moved / 'tok'}), which is not there; pass --tokenizer")
+    assert main(["decode", str(out), "-o", str(video), "--overwrite", "--tokenizer", str(tiny_dir)]) == 0
+
+
+def test_cli_tokenize_records_a_hub_id_as_given(tmp_path: Path):
+    from larp.videos.commands import recorded_tokenizer, resolve_recorded_tokenizer
+
+    token_file = tmp_path / "a" / "clip.npz"
+    assert recorded_tokenizer("hywang66/LARP-L-long-tokenizer", token_file) == "hywang66/LARP-L-long-tokenizer"
+    assert resolve_recorded_tokenizer("hywang66/LARP-L-long-tokenizer", token_file) == "hywang66/LARP-L-long-tokenizer"
+    (tmp_path / "m").mkdir()
+    token_file.parent.mkdir()
+    assert recorded_tokenizer(str(tmp_path / "m"), token_file) == "../m"
+    assert resolve_recorded_tokenizer("../m", token_file) == str(tmp_path / "a" / "../m")
+    with pytest.raises(LarpError, match="does not name its tokenizer; pass --tokenizer"):
+        resolve_recorded_tokenizer("", token_file)
+
+
+def test_cli_spatial_modes_match_the_library():
+    from larp.videos.commands import SPATIAL_MODES as CLI_MODES
+    from larp.videos.layout import SPATIAL_MODES
+
+    assert CLI_MODES == SPATIAL_MODES
+
+
+def test_cli_outputs_need_overwrite(tiny_dir: Path, clip: Path, tmp_path: Path, capsys):
+    out = tmp_path / "t.npz"
+    out.write_bytes(b"old")
+    argv = ["tokenize", str(clip), "--tokenizer", str(tiny_dir), "-o", str(out), "--device", "cpu"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"larp tokenize: error: {out} exist(s) already; pass --overwrite to replace\n"
+    assert out.read_bytes() == b"old"
+    assert main([*argv, "--overwrite"]) == 0
+    assert VideoTokens.load(out).layout.spatial == "cover"  # the default layout, as in reconstruct
+    recon = tmp_path / "r.mp4"
+    recon.write_bytes(b"old")
+    assert main(["reconstruct", str(clip), "--tokenizer", str(tiny_dir), "-o", str(recon)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err and recon.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--batch_size", "0", "expected an integer >= 1, got '0'"),
+    ("--overlap", "-2", "expected an integer >= 0, got '-2'"),
+    ("--spatial", "crop", "invalid choice: 'crop'"),
+])
+def test_cli_checks_its_numbers(tiny_dir: Path, clip: Path, tmp_path: Path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["reconstruct", str(clip), "--tokenizer", str(tiny_dir), "-o", str(tmp_path / "r.mp4"), option, value])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_tokenize_several_videos_into_a_folder(tiny_dir: Path, clip: Path, tmp_path: Path):
@@ -304,7 +370,7 @@ def test_cli_unreadable_inputs_give_one_error_line(tiny_dir: Path, clip: Path, t
     assert main(["tokenize", str(clip), str(fake), "--tokenizer", str(tiny_dir), "-o", str(folder),
                  "--device", "cpu"]) == 1
     assert [p.name for p in folder.iterdir()] == ["clip.npz"]
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("larp")]  # not the bars
     assert len(err) == 1 and err[0].startswith(f"larp tokenize: error: cannot read video {fake}: truncated")
     # A bad tokenizer path is named too.
     assert main(["reconstruct", str(clip), "--tokenizer", str(tmp_path / "nope"), "-o", str(tmp_path / "r.mp4")]) == 1
@@ -316,7 +382,7 @@ def test_cli_decode_refuses_tokens_of_another_tokenizer(tiny_dir: Path, clip: Pa
     tokens = tmp_path / "t.npz"
     assert main(["tokenize", str(clip), "--tokenizer", str(tiny_dir), "-o", str(tokens), "--device", "cpu"]) == 0
     assert main(["decode", str(tokens), "--tokenizer", str(other_dir), "-o", str(tmp_path / "d.mp4")]) == 1
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("larp decode: error: the tokens were made by a different tokenizer")
     assert "N=32 tokens, K=128 codes" in err and "N=16 tokens, K=1024 codes" in err
     assert not (tmp_path / "d.mp4").exists()

@@ -1,4 +1,6 @@
-"""`larp tokenize`, `larp decode` and `larp reconstruct`: whole videos through a tokenizer (larp.videos.tokens)."""
+"""`larp tokenize`, `larp decode` and `larp reconstruct`: whole videos through a tokenizer (larp.videos.tokens).
+
+Light at import (argparse only): the models and torch load when a command runs."""
 
 from __future__ import annotations
 
@@ -7,50 +9,67 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from larp.utils import cli as opts
+from larp.utils.errors import USER_ERRORS, LarpError, one_line
 
-from larp.data.video_io import MP4Writer, read_video, to_uint8
-from larp.models.tokenizer import LARPTokenizer
-from larp.utils.device import DTYPES, resolve_device
-from larp.utils.errors import CheckpointError
-from larp.videos.layout import SPATIAL_MODES
-from larp.videos.tokens import (
-    DEFAULT_FPS,
-    PSNRMeter,
-    VideoTokens,
-    iter_decode,
-    iter_reconstruct,
-    tokenize_video,
-)
+if TYPE_CHECKING:
+    import torch
 
-# Errors that describe bad input (VideoReadError and VideoTokensError are ValueErrors): one line, no trace.
-USER_ERRORS = (CheckpointError, ValueError, OSError)
+    from larp.models.tokenizer import LARPTokenizer
+
+# larp.videos.layout.SPATIAL_MODES, repeated so that building the parser does not import torch (a test
+# keeps them equal). `reconstruct` offers the two layouts that give back the whole frame.
+SPATIAL_MODES = ("crop", "cover", "tile")
+DEFAULT_SPATIAL = "cover"
+DEFAULT_BATCH = 8
 
 
-def _error(command: str, exc: BaseException) -> int:
-    message = " ".join(str(exc).split())  # one line, whatever the cause's own formatting
-    print(f"larp {command}: error: {message}", file=sys.stderr)
-    return 1
+def _load_tokenizer(name: str, device: torch.device) -> LARPTokenizer:
+    from larp.models.tokenizer import LARPTokenizer
+
+    return LARPTokenizer.from_pretrained(name, map_location=device)
 
 
+def recorded_tokenizer(name: str, token_file: Path) -> str:
+    """What a token file records: a hub id as given; a local folder as a path relative to the token file
+    (`./model`, `../runs/x/model`), so that the two can move together, or absolute where no relative path
+    exists (another drive)."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return name
+    try:
+        rel = os.path.relpath(folder.resolve(), token_file.resolve().parent)
+    except ValueError:
+        return str(folder.resolve())
+    return rel if rel.startswith("..") else f"./{Path(rel).as_posix()}"
 
-def _load_tokenizer(name: str, device: torch.device) -> tuple[LARPTokenizer, str]:
-    """The model and the id to record: a local folder as an absolute path, a hub id as given."""
-    model = LARPTokenizer.from_pretrained(name, map_location=device)
-    path = Path(name).expanduser()
-    return model, str(path.resolve()) if path.is_dir() else name
+
+def resolve_recorded_tokenizer(recorded: str, token_file: Path) -> str:
+    """The folder or hub id a token file names: a relative path is read against the token file's folder."""
+    if not recorded:
+        raise LarpError(f"{token_file} does not name its tokenizer; pass --tokenizer FOLDER_OR_REPO_ID")
+    if recorded.startswith(("./", "../", ".\\", "..\\")):
+        folder = token_file.parent / recorded
+        if not folder.is_dir():
+            raise LarpError(f"{token_file} was made with the tokenizer {recorded} (relative to the token file: "
+                            f"{folder.resolve()}), which is not there; pass --tokenizer FOLDER_OR_REPO_ID")
+        return str(folder)
+    return recorded
 
 
-def _mp4_path(value: str) -> Path:
+def _mp4_path(value: str, overwrite: bool) -> Path:
     path = Path(value)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"the output must be an .mp4 file, got {value!r}")
-    return path
+    return opts.check_output(path, overwrite)
 
 
 def _write(path: Path, chunks: Iterable[torch.Tensor], fps: float) -> None:
     """Stream float chunks (3, t, H, W) into `path` via a temporary file, so a failure leaves no half file."""
+    from larp.data.video_io import MP4Writer, to_uint8
+
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         with MP4Writer(tmp, fps) as writer:
@@ -62,38 +81,66 @@ def _write(path: Path, chunks: Iterable[torch.Tensor], fps: float) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _outputs(videos: list[str], out: str) -> list[Path]:
+def _outputs(videos: list[str], out: str, overwrite: bool) -> list[Path]:
     """One .npz per video: `out` itself for one video, else (or when `out` is a folder) out/<stem>.npz."""
     target = Path(out)
     if len(videos) == 1 and not (target.is_dir() or out.endswith(("/", "\\"))):
-        return [target]
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"-o {out} must be a folder when tokenizing {len(videos)} videos")
-    paths = [target / f"{Path(v).stem}.npz" for v in videos]
-    clashes = sorted({p.name for p in paths if paths.count(p) > 1})
-    if clashes:
-        raise ValueError(f"several videos would write the same token file(s) {clashes}; tokenize them separately")
+        paths = [target]
+    else:
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"-o {out} must be a folder when tokenizing {len(videos)} videos")
+        paths = [target / f"{Path(v).stem}.npz" for v in videos]
+        clashes = sorted({p.name for p in paths if paths.count(p) > 1})
+        if clashes:
+            raise ValueError(f"several videos would write the same token file(s) {clashes}; tokenize them "
+                             "separately")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise LarpError(f"{', '.join(existing)} exist(s) already; pass --overwrite to replace")
     return paths
 
 
+class _Bar:
+    """A progress bar driven by `progress(done, total)` callbacks (the library's encoding loops)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="clip", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_tokenize(args: argparse.Namespace) -> int:
-    try:
-        outputs = _outputs(args.videos, args.output)
-        device = resolve_device(args.device)
-        model, model_id = _load_tokenizer(args.tokenizer, device)
-    except USER_ERRORS as exc:
-        return _error("tokenize", exc)
+    from larp.data.video_io import read_video
+    from larp.utils.device import DTYPES, resolve_device
+    from larp.videos.tokens import tokenize_video
+
+    outputs = _outputs(args.videos, args.out, args.overwrite)
+    device = resolve_device(args.device)
+    model = _load_tokenizer(args.tokenizer, device)
     failed = 0
     for video, out in zip(args.videos, outputs, strict=True):
+        bar = _Bar(f"encode {Path(video).name}")
         try:
             frames, fps = read_video(video)
             tokens = tokenize_video(model, frames, spatial=args.spatial, overlap=args.overlap, fps=fps,
-                                    tokenizer_id=model_id, batch_size=args.batch_size, device=device,
-                                    dtype=DTYPES[args.dtype])
+                                    tokenizer_id=recorded_tokenizer(args.tokenizer, out),
+                                    batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype],
+                                    progress=bar)
+            bar.close()
             tokens.save(out)
-        except USER_ERRORS as exc:
+        except USER_ERRORS as exc:  # the other videos are still tokenized; the exit status says one failed
+            bar.close()
             failed += 1
-            _error("tokenize", exc)
+            print(f"larp tokenize: error: {one_line(exc)}", file=sys.stderr)
             continue
         print(f"wrote {out}: {tokens.num_windows} windows x {tokens.num_tiles} tiles x {tokens.num_tokens} "
               f"tokens ({tokens.num_frames} frames, {frames.shape[2]}x{frames.shape[1]}, {fps:g} fps)")
@@ -101,35 +148,58 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    try:
-        out = _mp4_path(args.output)
-        tokens = VideoTokens.load(args.tokens)
-        name = args.tokenizer or tokens.tokenizer
-        if not name:
-            raise ValueError(f"{args.tokens} does not name its tokenizer; pass --tokenizer")
-        device = resolve_device(args.device)
-        model, _ = _load_tokenizer(name, device)
-        chunks = iter_decode(model, tokens, batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype])
-        _write(out, chunks, tokens.fps or DEFAULT_FPS)
-    except USER_ERRORS as exc:
-        return _error("decode", exc)
+    from larp.utils.device import DTYPES, resolve_device
+    from larp.videos.tokens import DEFAULT_FPS, VideoTokens, iter_decode
+
+    out = _mp4_path(args.out, args.overwrite)
+    token_file = Path(args.tokens)
+    tokens = VideoTokens.load(token_file)
+    device = resolve_device(args.device)
+    if args.tokenizer:
+        model = _load_tokenizer(args.tokenizer, device)
+    else:
+        name = resolve_recorded_tokenizer(tokens.tokenizer, token_file)
+        try:
+            model = _load_tokenizer(name, device)
+        except USER_ERRORS as exc:
+            raise LarpError(f"{one_line(exc)} (the tokenizer recorded in {token_file}; pass --tokenizer "
+                            "FOLDER_OR_REPO_ID to use another copy)") from exc
+    chunks = iter_decode(model, tokens, batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype])
+    _write(out, opts.progress(chunks, total=tokens.num_windows, desc="decode", unit="window"),
+           tokens.fps or DEFAULT_FPS)
     _, t, h, w = tokens.output_shape
     print(f"wrote {out}: {t} frames, {w}x{h}")
     return 0
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
+    from larp.data.video_io import read_video
+    from larp.utils.device import DTYPES, resolve_device
+    from larp.videos.layout import plan_windows
+    from larp.videos.tokens import PSNRMeter, iter_reconstruct
+
+    out = _mp4_path(args.out, args.overwrite)
+    device = resolve_device(args.device)
+    model = _load_tokenizer(args.tokenizer, device)
+    frames, fps = read_video(args.video)
+    meter, bar = PSNRMeter(), _Bar("encode")
+    chunks = iter_reconstruct(model, frames, tile=args.spatial == "tile", overlap=args.overlap,
+                              batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype], meter=meter,
+                              progress=bar)
+
+    def decoded() -> Iterable[Any]:
+        first = True
+        for chunk in chunks:
+            if first:  # the encoding is done when the first decoded window arrives
+                bar.close()
+                first = False
+            yield chunk
+
+    windows = len(plan_windows(frames.shape[0], model.video_shape[1]))
     try:
-        out = _mp4_path(args.output)
-        device = resolve_device(args.device)
-        model, _ = _load_tokenizer(args.tokenizer, device)
-        frames, fps = read_video(args.video)
-        meter = PSNRMeter()
-        chunks = iter_reconstruct(model, frames, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                                  device=device, dtype=DTYPES[args.dtype], meter=meter)
-        _write(out, chunks, fps)
-    except USER_ERRORS as exc:
-        return _error("reconstruct", exc)
+        _write(out, opts.progress(decoded(), total=windows, desc="decode", unit="window"), fps)
+    finally:
+        bar.close()
     t, h, w = frames.shape[:3]
     print(f"wrote {out}: {t} frames, {w}x{h}")
     print(f"PSNR: {meter.value:.2f} dB")
@@ -137,17 +207,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="compute precision (bfloat16/float16 run under autocast)")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4,
-                   help="clips (windows x tiles) per forward pass")
+    opts.add_device(p)
+    opts.add_dtype(p)
+    opts.add_batch_size(p, DEFAULT_BATCH, help="clips (windows x tiles) per forward pass")
+    opts.add_overwrite(p)
 
 
 def _add_overlap(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overlap", type=int, default=None,
-                   help="pixels shared by neighbouring tiles, blended with a linear ramp (default: a quarter "
-                        "of the model's frame size)")
+    opts.add_option(p, "overlap", type=opts.non_negative_int, default=None,
+                    help="pixels shared by neighbouring tiles, blended with a linear ramp (default: a quarter "
+                         "of the model's frame size)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -158,12 +227,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "crop: shorter side resized to the model's size, centre crop (one clip per window); "
                     "cover: resized the same way, overlapping tiles along the longer side (the whole frame); "
                     "tile: overlapping tiles at the native resolution. Each .npz holds the tokens and "
-                    "everything `larp decode` needs.")
-    t.add_argument("videos", nargs="+", metavar="VIDEO")
-    t.add_argument("--tokenizer", required=True, help="a tokenizer folder or Hugging Face repo id")
-    t.add_argument("-o", "--output", required=True,
-                   help="the .npz for one video, or a folder receiving <video name>.npz per video")
-    t.add_argument("--spatial", choices=SPATIAL_MODES, default="crop", help="spatial layout (default: crop)")
+                    "everything `larp decode` needs, including the tokenizer (a hub id as given, a local "
+                    "folder relative to the token file).")
+    t.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, avi, mkv, webm, ...)")
+    opts.add_tokenizer(t)
+    opts.add_output(t, "--output", metavar="OUT",
+                    help="the .npz for one video, or a folder receiving <video name>.npz per video")
+    opts.add_option(t, "spatial", choices=SPATIAL_MODES, default=DEFAULT_SPATIAL, help="spatial layout")
     _add_overlap(t)
     _add_common(t)
     t.set_defaults(func=run_tokenize)
@@ -174,23 +244,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "and frame count: the original frame size for cover/tile tokens, the centre crop's region "
                     "at the original scale for crop tokens.")
     d.add_argument("tokens", help="the .npz written by `larp tokenize`")
-    d.add_argument("-o", "--output", required=True, help="the .mp4 to write")
-    d.add_argument("--tokenizer", default=None,
-                   help="a tokenizer folder or Hugging Face repo id (default: the one named in the token file)")
+    opts.add_output(d, "--output", metavar="MP4", help="the .mp4 to write")
+    opts.add_tokenizer(d, required=False,
+                       help="a tokenizer folder or Hugging Face repo id (default: the one the token file names)")
     _add_common(d)
     d.set_defaults(func=run_decode)
 
     r = sub.add_parser(
-        "reconstruct", help="a video -> its reconstruction through a tokenizer (mp4) and its PSNR",
+        "reconstruct", help="a video -> its reconstruction through a tokenizer (mp4) and PSNR",
         description="Tokenize and decode a whole video; the mp4 has the input's frame count, size and frame "
-                    "rate. By default the frame is resized so its shorter side fits the model and covered by "
-                    "overlapping tiles along the longer side, then resized back; --tile tiles the native "
-                    "resolution instead. Prints the PSNR of the reconstruction against the decoded input "
-                    "(before the mp4's own compression).")
-    r.add_argument("video", metavar="VIDEO")
-    r.add_argument("--tokenizer", required=True, help="a tokenizer folder or Hugging Face repo id")
-    r.add_argument("-o", "--output", required=True, help="the .mp4 to write")
-    r.add_argument("--tile", action="store_true", help="tile the native resolution (more tokens, finer detail)")
+                    "rate. With --spatial cover (the default) the frame is resized so its shorter side fits "
+                    "the model and covered by overlapping tiles along the longer side, then resized back; "
+                    "--spatial tile (or --tile) tiles the native resolution instead (more tokens, finer "
+                    "detail). Prints the PSNR of the reconstruction against the decoded input (before the "
+                    "mp4's own compression).")
+    r.add_argument("video", metavar="VIDEO", help="the video file")
+    opts.add_tokenizer(r)
+    opts.add_output(r, "--output", metavar="MP4", help="the .mp4 to write")
+    opts.add_option(r, "spatial", choices=("cover", "tile"), default=DEFAULT_SPATIAL,
+                    help="spatial layout (as in `larp tokenize`; crop would not give the whole frame back)")
+    r.add_argument("--tile", dest="spatial", action="store_const", const="tile",
+                   help="the same as --spatial tile")
     _add_overlap(r)
     _add_common(r)
     r.set_defaults(func=run_reconstruct)

@@ -28,7 +28,7 @@ import math
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -289,12 +289,14 @@ def check_compatible(tokenizer: LARPTokenizer, tokens: VideoTokens) -> None:
 def tokenize_video(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, *, spatial: str = "crop",
                    overlap: int | None = None, fps: float | None = None, tokenizer_id: str = "",
                    batch_size: int = 4, device: torch.device | str | None = None,
-                   dtype: torch.dtype = torch.float32) -> VideoTokens:
+                   dtype: torch.dtype = torch.float32,
+                   progress: Callable[[int, int], None] | None = None) -> VideoTokens:
     """Tokens of a whole video: uint8 frames (T, H, W, 3) or a float video (3, T, H, W) in [0, 1].
 
     Windows of the model's T frames (the last padded by repeating its last frame) and the `spatial`
     layout of the module doc; codes are the deterministic (argmax) ones. `fps` and `tokenizer_id` are
-    only recorded, for decoding. Runs on the tokenizer's device, under autocast for bfloat16/float16."""
+    only recorded, for decoding. Runs on the tokenizer's device, under autocast for bfloat16/float16.
+    `progress(done, total)` is called after each batch with the clips (windows x tiles) encoded so far."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     source, channels_last = _as_source(frames)
@@ -304,13 +306,19 @@ def tokenize_video(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, 
     dev = _model_device(tokenizer, device)
     rows: list[torch.Tensor] = []
     pending: list[torch.Tensor] = []
+    windows = plan_windows(num_frames, t)
+    total, done = len(windows) * len(layout.tiles), 0
 
     def flush() -> None:
+        nonlocal done
         with _precision(dev, dtype):
             rows.append(tokenizer.encode(torch.stack(pending), deterministic=True).cpu())
+        done += len(pending)
         pending.clear()
+        if progress is not None:
+            progress(done, total)
 
-    for start, real in plan_windows(num_frames, t):
+    for start, real in windows:
         window = pad_frames(_frames_float(source, channels_last, start, real, dev), t)
         for clip in _window_clips(window, layout, size):
             pending.append(clip)
@@ -387,10 +395,12 @@ class PSNRMeter:
 
 def iter_reconstruct(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, *, tile: bool = False,
                      overlap: int | None = None, batch_size: int = 4, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32, meter: PSNRMeter | None = None) -> Iterator[torch.Tensor]:
-    """`reconstruct_video` window by window (CPU float32 chunks), updating `meter` with each chunk."""
+                     dtype: torch.dtype = torch.float32, meter: PSNRMeter | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+    """`reconstruct_video` window by window (CPU float32 chunks), updating `meter` with each chunk;
+    `progress` follows the encoding as in `tokenize_video` (decoding goes window by window: one chunk each)."""
     tokens = tokenize_video(tokenizer, frames, spatial="tile" if tile else "cover", overlap=overlap,
-                            batch_size=batch_size, device=device, dtype=dtype)
+                            batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     source, channels_last = _as_source(frames)
     cpu = torch.device("cpu")
     for (start, real), chunk in zip(tokens.windows,
