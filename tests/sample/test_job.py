@@ -26,6 +26,7 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_clip
 from larp.eval import fvd
 from larp.eval.protocols import ucf_gfvd_chunks
+from larp.sample import shards
 from larp.sample.shards import MergeLock, batch_seed, grid_batches
 from tests.conftest import official
 from tests.eval.conftest import trust
@@ -253,6 +254,25 @@ def test_merge_lock_is_exclusive_until_stale(tmp_path: Path):
     assert late.acquire() and late.held  # too old: taken over
     late.release()
     assert not path.exists()
+
+
+def test_an_unreadable_lock_is_an_error_not_a_silent_end(dataset_csv: Path, detector: Path, tmp_path: Path,
+                                                        capsys, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(shards, "OWNER_WAIT_SECONDS", 0.2)
+    out = tmp_path / "job"
+    lock = out / "fvd.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(b"\x00\xff not a lock record")  # fresh, so not stale by age
+    args = sample_args(out, dataset_csv, detector, "--num_samples", "2")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "fvd.lock exists but holds no readable owner record" in err and "delete the file" in err
+    assert (out / "stats" / "shard_0_2.done.json").is_file()  # the shard's samples are kept
+    assert not (out / "fvd.json").exists()
+    lock.unlink()  # as the message says: then the re-run merges
+    assert main(args) == 0
+    assert "merged 1 shard(s)" in capsys.readouterr().out
+    assert (out / "fvd.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ bad input

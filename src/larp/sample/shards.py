@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from larp.utils.errors import LarpError
+
 LOCK_STALE_SECONDS = 600.0  # merging takes seconds; a lock this old belongs to a process that died
+OWNER_WAIT_SECONDS = 2.0  # how long a fresh lock file may stay without its owner record
 _MARKER = re.compile(r"shard_(\d+)_(\d+)\.done\.json")
 
 
@@ -104,6 +107,10 @@ def check_coverage(shards: list[ShardRecord], total: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ merge lock
+class LockError(LarpError):
+    """A merge lock that cannot be judged (unreadable), so the merge neither runs nor can be left waiting."""
+
+
 class MergeLock:
     """An exclusive lock file (O_CREAT | O_EXCL) holding the owner's pid, host and time.
 
@@ -118,11 +125,25 @@ class MergeLock:
         self.owner: dict[str, Any] = {}
 
     def _read_owner(self) -> dict[str, Any]:
+        """The owner record; {} while the file is missing or not (yet) a complete record."""
         try:
             data = json.loads(self.path.read_text())
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
-            return {}  # being written right now, or garbage: judged by its age alone
+            return {}
+
+    def _wait_for_owner(self) -> None:
+        """A lock file holds its owner record a moment after it is created: wait that moment. A lock that
+        stays unreadable belongs to no `larp sample` process; waiting for it would end the job without an
+        FVD, so it is an error that says what to do."""
+        deadline = time.monotonic() + OWNER_WAIT_SECONDS
+        while not self.owner and self.path.exists():
+            if time.monotonic() > deadline:
+                raise LockError(f"{self.path} exists but holds no readable owner record (pid, host, time), so "
+                                "no merge can be shown to be running; if no other shard of this job is "
+                                "merging now, delete the file and run this shard again to merge")
+            time.sleep(0.05)
+            self.owner = self._read_owner()
 
     def is_stale(self) -> bool:
         try:
@@ -149,6 +170,9 @@ class MergeLock:
                 if attempt == 0 and self.is_stale():
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(self.path)
+                    continue
+                self._wait_for_owner()
+                if not self.path.exists():  # released while we waited
                     continue
                 return False
             with os.fdopen(fd, "w") as f:
