@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +87,30 @@ def test_lpips_is_per_frame_and_averaged_per_video(random_lpips: LPIPSMetric):
     assert random_lpips(x, x).abs().max().item() < 1e-6
 
 
-def test_missing_vgg_weights_offline_names_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError("no network")
+
+
+def test_missing_vgg_weights_that_cannot_be_downloaded_name_file_and_folder(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     with pytest.raises(LPIPSWeightsError) as info:
         LPIPSMetric(pretrained_trunk=True)
     text = str(info.value)
     assert metrics.VGG_FILENAME in text and str(tmp_path / "torch" / "hub" / "checkpoints") in text
-    assert metrics.VGG_URL in text and "553,433,881 bytes" in text
+    assert metrics.VGG_URL in text and "553,433,881 bytes" in text and metrics.VGG_SHA256 in text
+    assert "URLError" in text and "--no_lpips" in text and "LARP_VGG_PATH" in text
+    assert list((tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == []  # no partial file left
+
+
+def test_offline_mode_fails_fast_without_trying_to_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(LPIPSWeightsError, match="is missing and HF_HUB_OFFLINE is set, so nothing is downloaded"):
+        LPIPSMetric(pretrained_trunk=True)
 
 
 def test_damaged_vgg_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -105,5 +118,64 @@ def test_damaged_vgg_weights_are_refused(tmp_path: Path, monkeypatch: pytest.Mon
     path = metrics.vgg_weights_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(b"truncated")
-    with pytest.raises(LPIPSWeightsError, match="has 9 bytes, expected 553,433,881"):
-        metrics.ensure_vgg_weights()
+    with pytest.raises(ValueError, match="has 9 bytes, expected 553,433,881"):
+        metrics.resolve_vgg_weights()
+
+
+def _stand_in_vgg(monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """Bytes of a stand-in VGG-16 state dict (the trunk's shapes), pinned as the expected file."""
+    import hashlib
+    import io
+
+    model = metrics.build_lpips(pretrained_trunk=False)
+    state = {f"features.{k.split('.', 1)[1]}": v.clone() for k, v in model.net.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    monkeypatch.setattr(metrics, "VGG_SIZE", len(data))
+    monkeypatch.setattr(metrics, "VGG_SHA256", hashlib.sha256(data).hexdigest())
+    return data
+
+
+def test_download_is_verified_then_renamed_with_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import io
+    import os
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    data = _stand_in_vgg(monkeypatch)
+    served = [data[:-1] + b"x", data]  # a corrupted transfer first, then the right bytes
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served.pop(0)))
+    with pytest.raises(LPIPSWeightsError, match="has SHA-256 [0-9a-f]{64}, expected"):
+        metrics.resolve_vgg_weights()
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert list(folder.iterdir()) == []
+    old = os.umask(0o022)
+    try:
+        path = metrics.resolve_vgg_weights()
+    finally:
+        os.umask(old)
+    assert path == folder / metrics.VGG_FILENAME and path.read_bytes() == data
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_env_path_is_used_and_verified_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from larp.utils import files
+
+    data = _stand_in_vgg(monkeypatch)
+    file = tmp_path / "weights" / "vgg.pth"
+    monkeypatch.setenv("LARP_VGG_PATH", str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match=r"\$LARP_VGG_PATH .*missing.pth does not exist"):
+        metrics.resolve_vgg_weights()
+    file.parent.mkdir()
+    file.write_bytes(data)
+    monkeypatch.setenv("LARP_VGG_PATH", str(file))
+    hashed = []
+    real = files.sha256_of
+    monkeypatch.setattr(files, "sha256_of", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("torchvision download"))
+    assert metrics.resolve_vgg_weights() == file
+    first = LPIPSMetric(pretrained_trunk=True)
+    assert hashed.count(file) == 1  # verified once per process while the file is unchanged
+    assert torch.equal(first.model.net.slice1.get_submodule("0").weight,
+                       torch.load(file, weights_only=True)["features.0.weight"])

@@ -254,7 +254,7 @@ def test_model_is_built_on_meta_and_checked_against_the_header_first(tiny_folder
     assert devices == ["meta"]
     text = str(err.value)
     assert "x_embedder.proj.weight: checkpoint (64, 3, 4, 8, 8) vs model (16384, 3, 4, 8, 8)" in text
-    assert "the config describes" in text and "values in" in text and "the file holds" in text
+    assert "the model has" in text and "values in" in text and "the file holds" in text
 
 
 def test_non_persistent_buffers_are_computed_after_a_meta_build(tmp_path):

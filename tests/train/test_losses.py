@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import math
+import warnings
 from pathlib import Path
 
 import lpips
 import pytest
 import torch
 
+from larp.eval import metrics
+from larp.eval.metrics import vgg_trunk_state
 from larp.models.layers import sincos_3d
-from larp.train import losses
 from larp.train.losses import (
     VGG16_BYTES,
     VGG16_FILE,
@@ -30,8 +31,8 @@ from larp.train.losses import (
     r1_penalty,
     require_vgg_weights,
     smoothed_targets,
-    vgg_trunk_state,
 )
+from larp.utils.files import sha256_of
 
 
 def _sigmoid(x: float) -> float:
@@ -258,15 +259,16 @@ def test_require_vgg_weights_missing(tmp_path, monkeypatch):
     assert not folder.exists()
 
 
-def test_require_vgg_weights_present_and_wrong_size(tmp_path, monkeypatch):
+def test_require_vgg_weights_present_and_wrong_size_or_hash(tmp_path, monkeypatch):
     folder = _checkpoints(tmp_path, monkeypatch)
     folder.mkdir(parents=True)
     path = folder / VGG16_FILE
     with open(path, "wb") as f:
         f.truncate(VGG16_BYTES)  # sparse: no disk used
-    assert require_vgg_weights() == path
-    # A file of the right size that is not a state dict: a clear error naming it.
-    with pytest.raises(ValueError, match=f"could not read the VGG-16 weights {path}"):
+    # The right size but not the right bytes: refused by the SHA-256 check, before any unpickling.
+    with pytest.raises(ValueError, match=f"has SHA-256 [0-9a-f]{{64}}, expected {metrics.VGG_SHA256}"):
+        require_vgg_weights()
+    with pytest.raises(ValueError, match="has SHA-256"):
         PerceptualLoss()
     with open(path, "wb") as f:
         f.truncate(1000)
@@ -274,23 +276,79 @@ def test_require_vgg_weights_present_and_wrong_size(tmp_path, monkeypatch):
         require_vgg_weights()
 
 
+def _fake_vgg(path: Path, monkeypatch, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A stand-in VGG-16 file (the trunk's tensors only), accepted by pinning its own size and hash."""
+    g = torch.Generator().manual_seed(seed)
+    widths = [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256), (512, 256),
+              (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # the convolutions of vgg16().features
+    state = {}
+    for i, (out, inp) in zip(indices, widths, strict=True):
+        state[f"features.{i}.weight"] = torch.randn(out, inp, 3, 3, generator=g) * 0.05
+        state[f"features.{i}.bias"] = torch.randn(out, generator=g) * 0.01
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # present in the real file, unused by LPIPS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    monkeypatch.setattr(metrics, "VGG_SIZE", path.stat().st_size)
+    monkeypatch.setattr(metrics, "VGG_SHA256", sha256_of(path))
+    return state
+
+
 def test_perceptual_loads_the_trunk_from_the_cache(tmp_path, monkeypatch, perceptual):
     folder = _checkpoints(tmp_path, monkeypatch)
-    folder.mkdir(parents=True)
-    path = folder / VGG16_FILE
-    trunk = {f"features.{k.split('.', 1)[1]}": torch.randn_like(v)
-             for k, v in perceptual.lpips.net.state_dict().items()}
-    torch.save(trunk, path)  # the trunk only: smaller than the real file, so accept its size
-    monkeypatch.setattr(losses, "VGG16_BYTES", path.stat().st_size)
-    built = []
+    trunk = _fake_vgg(folder / VGG16_FILE, monkeypatch)
+    loads = []
+    real_load = torch.load
 
-    def fast_lpips(**kwargs):  # building VGG-16 takes seconds: copy the fixture's random-trunk model
-        built.append(kwargs)
-        return copy.deepcopy(perceptual.lpips)
+    def spy_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(lpips, "LPIPS", fast_lpips)
+    monkeypatch.setattr(torch, "load", spy_load)
     loaded = PerceptualLoss()
-    assert built == [dict(net="vgg", version="0.1", pnet_rand=True, verbose=False)]
+    assert loads == [True, True]  # the VGG file and the heads, both without unpickling objects
     assert torch.equal(loaded.lpips.net.slice3.get_submodule("14").weight, trunk["features.14.weight"])
     # The linear heads come from the lpips wheel, as with the random trunk.
     assert torch.equal(loaded.lpips.lin2.model[1].weight, perceptual.lpips.lin2.model[1].weight)
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+
+
+def test_a_planted_pickle_in_the_vgg_cache_never_runs(tmp_path, monkeypatch):
+    folder = _checkpoints(tmp_path, monkeypatch)
+    folder.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = folder / VGG16_FILE
+    torch.save({"features.0.weight": Payload()}, path)
+    # With the real pinned hash the file is refused before it is opened as a pickle ...
+    with pytest.raises(ValueError, match="bytes, expected 553,433,881"):
+        PerceptualLoss()
+    with pytest.raises(ValueError, match="bytes, expected 553,433,881"):
+        metrics.LPIPSMetric()
+    # ... and were its hash the pinned one, weights_only=True would still refuse the object.
+    monkeypatch.setattr(metrics, "VGG_SIZE", path.stat().st_size)
+    monkeypatch.setattr(metrics, "VGG_SHA256", sha256_of(path))
+    with pytest.raises(ValueError, match="could not read the weights .*vgg16-397923af.pth"):
+        PerceptualLoss()
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_built_network_equals_lpips_own_construction(tmp_path, monkeypatch):
+    """build_lpips gives the numbers of lpips.LPIPS(net="vgg", version="0.1") holding the same trunk."""
+    folder = _checkpoints(tmp_path, monkeypatch)
+    trunk = _fake_vgg(folder / VGG16_FILE, monkeypatch)
+    ours = PerceptualLoss()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    reference.net.load_state_dict(vgg_trunk_state(reference.net, trunk))
+    reference.eval()
+    a, b = torch.rand(2, 3, 1, 32, 32), torch.rand(2, 3, 1, 32, 32)
+    with torch.no_grad():
+        expected = reference(a[:, :, 0], b[:, :, 0], normalize=True).mean().item()
+        assert ours(a, b).item() == pytest.approx(expected, rel=1e-6)

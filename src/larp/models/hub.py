@@ -113,7 +113,7 @@ def check_against_model(expected: dict[str, torch.Tensor], header: dict[str, tup
     if wrong_type:
         problems.append(f"tensors of the wrong type {wrong_type} (weights must be floats: F16, BF16, F32 or F64)")
     if problems:
-        sizes = (f" (the config describes {_count(t.shape for t in expected.values()):,} values in "
+        sizes = (f" (the model has {_count(t.shape for t in expected.values()):,} values in "
                  f"{len(expected)} tensors; the file holds {_count(s for _, s in header.values()):,} in "
                  f"{len(header)})")
         raise CheckpointError(f"{source} does not match the model{sizes}: " + "; ".join(problems))

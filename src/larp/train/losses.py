@@ -12,7 +12,6 @@ Every loss returns a float32 scalar, whatever the dtype of its inputs (mixed pre
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.eval.metrics import VGG_FILENAME, VGG_SIZE, VGG_URL
+from larp.eval.metrics import VGG_FILENAME, VGG_SIZE, VGG_URL, build_lpips, resolve_vgg_weights
 from larp.models.layers import PatchEmbed3D, init_vit_weights_, sincos_3d, vit_block
 
 # ---------------------------------------------------------------------------------------------------------
@@ -46,80 +45,29 @@ def pixel_loss(recon: Tensor, target: Tensor, kind: Literal["l1", "l2"] = "l1") 
 # Perceptual loss (LPIPS-VGG)
 # ---------------------------------------------------------------------------------------------------------
 
-# The weights file is described once, in eval.metrics (which also may download it; this module never does).
+# The one LPIPS of larp is built by larp.eval.metrics.build_lpips (files checked, nothing unpickled);
+# training never downloads the VGG-16 file, so that a run fails at once instead of fetching 553 MB.
 VGG16_FILE, VGG16_URL, VGG16_BYTES = VGG_FILENAME, VGG_URL, VGG_SIZE
+_HINT = ", or train with perceptual_weight=0, which runs without it"
 
 
 def require_vgg_weights() -> Path:
-    """Path of torchvision's ImageNet VGG-16 weights in the torch hub cache; never downloads.
+    """Path of the verified VGG-16 weights (see `larp.eval.metrics.resolve_vgg_weights`); never downloads.
 
     Raises FileNotFoundError (naming the file, the folder and the URL) when the file is absent, and
-    ValueError when it has the wrong size (an interrupted download)."""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / VGG16_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"LPIPS needs torchvision's ImageNet VGG-16 weights '{VGG16_FILE}' ({VGG16_BYTES:,} bytes) in "
-            f"{folder} (torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), and it is not there. "
-            f"Download {VGG16_URL} into that folder, or train with perceptual_weight=0, which runs "
-            f"without it.")
-    size = path.stat().st_size
-    if size != VGG16_BYTES:
-        raise ValueError(f"{path} has {size:,} bytes, expected {VGG16_BYTES:,} (an interrupted download?); "
-                         f"download {VGG16_URL} again, or train with perceptual_weight=0")
-    return path
-
-
-def vgg_trunk_state(trunk: nn.Module, vgg_state: dict[str, Tensor], source: str = "VGG-16 weights"
-                    ) -> dict[str, Tensor]:
-    """Map torchvision VGG-16 keys (`features.{i}.weight`) onto the lpips trunk (`slice{k}.{i}.weight`).
-
-    lpips names each layer of its slices by its index in `vgg16().features`, so the mapping is by that
-    index. Every trunk tensor must be found with the same shape."""
-    mapped: dict[str, Tensor] = {}
-    for name, ref in trunk.state_dict().items():
-        _, index, leaf = name.split(".")  # slice{k}.{i}.{weight|bias}
-        key = f"features.{index}.{leaf}"
-        if key not in vgg_state:
-            raise ValueError(f"{source}: missing '{key}' (needed for the LPIPS trunk's '{name}')")
-        value = vgg_state[key]
-        if value.shape != ref.shape:
-            raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
-        mapped[name] = value
-    return mapped
-
-
-def _read_vgg_weights(path: Path) -> tuple[dict[str, Tensor], str]:
-    """(state dict, file name for messages); tensors only, nothing else is unpickled."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which one
-        raise ValueError(f"could not read the VGG-16 weights {path}: {err}") from err
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a VGG-16 state dict, found a {type(state).__name__}")
-    return state, str(path)
+    ValueError when it is not the expected file (wrong size or SHA-256, e.g. an interrupted download)."""
+    return resolve_vgg_weights(download=False, hint=_HINT)
 
 
 class PerceptualLoss(nn.Module):
     """Mean LPIPS-VGG (v0.1) over all frames of (B, 3, T, H, W) videos in [0, 1]; frozen, always eval.
 
-    The trunk is built untrained and the ImageNet weights are loaded here from the hub cache with
-    `torch.load(weights_only=True)`: lpips would otherwise let torchvision download the file, and
-    torchvision unpickles it without `weights_only`. The result is the same network as
-    `lpips.LPIPS(net='vgg', version='0.1')`. `pretrained_trunk=False` keeps a random trunk (tests only)."""
+    The network is `larp.eval.metrics.build_lpips`'s (the same as evaluation's); the VGG-16 file must
+    already be present. `pretrained_trunk=False` keeps a random trunk (tests only)."""
 
     def __init__(self, pretrained_trunk: bool = True):
         super().__init__()
-        import lpips  # imported here: it pulls in torchvision, which most commands do not need
-
-        # Read the weights before the (slow) construction so a missing or bad file fails fast.
-        state = _read_vgg_weights(require_vgg_weights()) if pretrained_trunk else None
-        with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=` argument
-            warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum).*", category=UserWarning)
-            self.lpips = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
-        if state is not None:
-            self.lpips.net.load_state_dict(vgg_trunk_state(self.lpips.net, *state))
-        self.lpips.requires_grad_(False)
+        self.lpips = build_lpips(pretrained_trunk, download=False, hint=_HINT)
         self.eval()
 
     def train(self, mode: bool = True) -> PerceptualLoss:
