@@ -100,7 +100,7 @@ def test_init_from_encoder_puts_codes_on_encoder_outputs_and_raises_usage():
     assert argmax_usage(model, v) == 1
     init_codebook_from_encoder(model, v, noise=0.0, generator=torch.Generator().manual_seed(0))
     z = model.bottleneck.project(model.encode_continuous(v)).reshape(-1, 8).detach()
-    code = model.bottleneck.regularizer.codebook()
+    code = model.bottleneck.regularizer.codebook
     # every code is one of the encoder outputs (4 videos x 32 tokens = 128 = K rows, a permutation)
     assert torch.allclose((code @ z.t()).max(1).values, torch.ones(128), atol=1e-5)
     assert argmax_usage(model, v) > 32
@@ -282,7 +282,7 @@ def test_codebook_init_with_kmeans_changes_only_with_iterations():
         z = torch.nn.functional.normalize(m1.bottleneck.project(m1.encode_continuous(videos())).flatten(0, 1), dim=-1)
 
     def fit(m: LARPTokenizer) -> float:
-        cb = m.bottleneck.regularizer.codebook()
+        cb = m.bottleneck.regularizer.codebook.detach()
         return float((z @ cb.t()).max(-1).values.mean())
 
     assert not torch.equal(m1.bottleneck.regularizer.embedding.weight, m2.bottleneck.regularizer.embedding.weight)

@@ -1,7 +1,9 @@
 """The bottleneck: projections around a stochastic, cosine-similarity vector quantiser (SVQ).
 
-Spec section 1, steps 5-7. In training the code of each token is sampled from softmax(cos / tau); in
-deterministic mode (evaluation, AR training) it is the argmax."""
+In training the code of each token is sampled from softmax(cos / tau); in deterministic mode (evaluation,
+AR training) it is the argmax. The quantiser owns its codebook: trainers read it through `codebook`, and
+change it only through `set_temperature`, `init_codebook` (codes on encoder outputs, refined by spherical
+k-means) and `replace_codes` (dead-code re-initialisation)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,32 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+def pick_rows(z: torch.Tensor, count: int, noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`count` rows of z (M, d), without replacement while M allows, plus `noise` times a normal draw so that
+    duplicates can separate. The draws come from `generator` (CPU) or the global RNG."""
+    if z.shape[0] >= count:
+        idx = torch.randperm(z.shape[0], generator=generator, device="cpu")[:count]
+    else:
+        idx = torch.randint(0, z.shape[0], (count,), generator=generator, device="cpu")
+    rows = z[idx.to(z.device)].float()
+    if noise > 0:
+        rows = rows + noise * torch.randn(rows.shape, generator=generator, device="cpu").to(rows.device)
+    return rows
+
+
+def spherical_kmeans(z: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
+    """Lloyd iterations on the unit sphere: assign each row of z (M, d) to its most similar centre (K, d),
+    move every centre to the normalised mean of its rows; centres that get no row stay where they are."""
+    centres = F.normalize(centres.float(), dim=-1)
+    z = F.normalize(z.float(), dim=-1)
+    for _ in range(iters):
+        nearest = (z @ centres.t()).argmax(-1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, z)
+        hit = torch.bincount(nearest, minlength=len(centres)) > 0
+        centres = torch.where(hit[:, None], F.normalize(sums, dim=-1), centres)
+    return centres
+
+
 class StochasticVQ(nn.Module):
     """Codebook `embedding` of K unit-normalised d-vectors; codes chosen by cosine similarity."""
 
@@ -40,19 +68,73 @@ class StochasticVQ(nn.Module):
         self.args = args
         self.embedding = nn.Embedding(args.codebook_size, dim)
         # Sampling temperature; a trainer may anneal it (kept outside the state dict on purpose).
-        self.temperature = args.stochastic_temperature
+        self.temperature = float(args.stochastic_temperature)
+        if args.stochastic:
+            self.set_temperature(args.stochastic_temperature)
 
+    @property
+    def codebook_size(self) -> int:
+        return self.embedding.num_embeddings
+
+    @property
+    def dim(self) -> int:
+        return self.embedding.embedding_dim
+
+    @property
     def codebook(self) -> torch.Tensor:
         """(K, d) unit-normalised code vectors."""
         return F.normalize(self.embedding.weight, dim=-1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return F.embedding(indices, self.codebook())
+        return F.embedding(indices, self.codebook)
+
+    # ------------------------------------------------------------------------------ codebook operations
+    def set_temperature(self, temperature: float) -> None:
+        """Set the sampling temperature of the stochastic codes (not part of the state dict)."""
+        if not temperature > 0:  # also rejects NaN
+            raise ValueError(f"the sampling temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    @torch.no_grad()
+    def init_codebook(self, latents: torch.Tensor, noise: float = 0.05, generator: torch.Generator | None = None,
+                      kmeans_iters: int = 0) -> None:
+        """Every code := a row of `latents` (..., d) (unit vectors the quantiser would see), plus `noise`, then
+        `kmeans_iters` spherical k-means iterations over all the rows."""
+        z = self._rows(latents)
+        rows = pick_rows(z, self.codebook_size, noise, generator)
+        if kmeans_iters > 0:
+            rows = spherical_kmeans(z, rows, kmeans_iters)
+        self.embedding.weight.copy_(rows.to(self.embedding.weight.dtype))
+
+    @torch.no_grad()
+    def replace_codes(self, mask: torch.Tensor, rows: torch.Tensor,
+                      optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Codes where `mask` (K,) bool is set := `rows` (mask.sum(), d). With `optimizer`, its per-parameter
+        state of those rows (Adam's moments) is zeroed, so that stale momentum does not drag them away."""
+        weight = self.embedding.weight
+        if mask.shape != (self.codebook_size,) or mask.dtype != torch.bool:
+            raise ValueError(f"replace_codes: expected a bool mask of shape ({self.codebook_size},), "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        n = int(mask.sum())
+        if rows.shape != (n, self.dim):
+            raise ValueError(f"replace_codes: expected rows of shape ({n}, {self.dim}), got {tuple(rows.shape)}")
+        mask = mask.to(weight.device)
+        weight[mask] = rows.to(weight)
+        if optimizer is not None:
+            for value in optimizer.state.get(weight, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                    value[mask] = 0
+
+    def _rows(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.detach().reshape(-1, latents.shape[-1])
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"latents must have the codebook's width {self.dim}, got {z.shape[-1]}")
+        return z
 
     def forward(self, z: torch.Tensor, deterministic: bool, generator: torch.Generator | None = None
                 ) -> QuantizerOutput:
         # z: (B, N, d), already unit-normalised by the bottleneck.
-        codebook = self.codebook()  # (K, d)
+        codebook = self.codebook  # (K, d)
         similarity = z @ codebook.t()  # (B, N, K)
         if deterministic or not self.args.stochastic:
             indices = similarity.argmax(dim=-1)

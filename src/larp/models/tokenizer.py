@@ -200,7 +200,7 @@ class LARPTokenizer(HubModelMixin, nn.Module):
 
     def prior_logits_from_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         pred = self.prior_predict(vectors)[:, 1:]  # (B, N-1, d)
-        logits = pred @ self.bottleneck.regularizer.codebook().t()
+        logits = pred @ self.bottleneck.regularizer.codebook.t()
         return logits / self.config.prior_model.latent_ce_temperature
 
     def scheduled_sampling_ratio(self, step: int, total_steps: int) -> float:
@@ -220,7 +220,7 @@ class LARPTokenizer(HubModelMixin, nn.Module):
         labels = indices[:, 1:]
         ratio = self.scheduled_sampling_ratio(step, total_steps)
         mask = torch.rand(b, n - 1, 1, device=quantized.device, generator=generator) < ratio  # (B, N-1, 1)
-        codebook = self.bottleneck.regularizer.codebook().detach()
+        codebook = self.bottleneck.regularizer.codebook.detach()
         all_logits = []
         inputs = quantized
         for r in range(p.n_rounds):

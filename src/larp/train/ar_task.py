@@ -1,8 +1,12 @@
-"""One step of AR training (spec section 3): class-conditional or frame prediction, from a token cache or
-from clips encoded on the fly by the frozen tokenizer (deterministic codes)."""
+"""One step of AR training: class-conditional or frame prediction, from a token cache or from clips encoded
+on the fly by the frozen tokenizer (deterministic codes). With gradient accumulation a step runs the k
+micro-batches one after the other, each loss divided by k (the loss is a mean over tokens, and every
+micro-batch has as many), and updates once."""
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from larp.data.datasets import VideoCSVDataset
 from larp.data.video_io import write_gif, write_png_grid
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.generate import generate
 from larp.train.config import ARTrainConfig
+from larp.train.data import training_videos, validation_videos
 from larp.train.engine import TrainContext
+from larp.train.finetune import load_init_weights
+from larp.train.optim import decay_groups, make_ema, make_scheduler
 from larp.train.token_cache import TokenCacheDataset, pad_context
-from larp.train.tokenizer_task import make_ema, make_scheduler, training_videos
+
+__all__ = ["ARTask", "check_pair", "decay_groups"]
+
+log = logging.getLogger("larp.train")
 
 
 def check_pair(tokenizer: LARPTokenizer, ar: LARPAR) -> None:
@@ -32,20 +41,15 @@ def check_pair(tokenizer: LARPTokenizer, ar: LARPAR) -> None:
                          f"{tokenizer.num_tokens} per clip")
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on the weights of Linear layers only (not embeddings, norms, PE)."""
-    decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    with_decay = [p for p in model.parameters() if id(p) in decay]
-    without = [p for p in model.parameters() if id(p) not in decay]
-    return [{"params": with_decay, "weight_decay": weight_decay}, {"params": without, "weight_decay": 0.0}]
-
-
 class ARTask:
     def __init__(self, recipe: ARTrainConfig, ctx: TrainContext):
         self.recipe, self.ctx = recipe, ctx
         run, data, o = recipe.run, recipe.data, recipe.optim
         torch.manual_seed(run.seed)
         self.model = LARPAR(recipe.model_config()).to(ctx.device)
+        if recipe.model.init_from:
+            log.info("fine-tuning from %s", load_init_weights(self.model, recipe.model.init_from,
+                                                              recipe.model.class_rows))
         self.fp = self.model.config.frame_prediction
         self.tokenizer: LARPTokenizer | None = None
         if recipe.tokenizer.path:
@@ -67,11 +71,7 @@ class ARTask:
                 raise ValueError("AR training needs data.token_cache, or tokenizer.path and data.train_csv to "
                                  "encode clips on the fly")
             self.train_set = training_videos(data, run.seed)
-            if not data.flip:
-                self.train_set.transform.flip_p = 0.0
-        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed,
-                                        cache_mb=data.cache_mb) if data.val_csv and self.tokenizer is not None
-                        else None)
+        self.val_set = validation_videos(data, run.seed) if self.tokenizer is not None else None
         self.ema = make_ema(self.model, run.ema_decay)
         self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
                                      fused=ctx.device.type == "cuda")
@@ -100,17 +100,24 @@ class ARTask:
             cond = torch.cat([cond, sep], dim=1)
         return tokens, cond
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        tokens, cond = self.encode_batch(batch)
+    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]], step: int) -> dict[str, float]:
+        """One optimiser step on `batch`, or on the micro-batches of a list (gradients accumulated)."""
+        micro = [batch] if isinstance(batch, dict) else list(batch)
+        k = len(micro)
         self.model.train()
-        with self.ctx.autocast():
-            logits = self.train_model(tokens, cond)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-        metrics = {"loss": float(loss.detach())}
-        if metrics["loss"] != metrics["loss"] or abs(metrics["loss"]) == float("inf"):
-            return metrics
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        losses = []
+        for i, b in enumerate(micro):
+            tokens, cond = self.encode_batch(b)
+            with self.ctx.no_sync(self.train_model, sync=i == k - 1):
+                with self.ctx.autocast():
+                    logits = self.train_model(tokens, cond)
+                    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+                losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    return {"loss": losses[-1]}  # the engine stops before any weight is touched
+                self.scaler.scale(loss if k == 1 else loss / k).backward()
+        metrics = {"loss": sum(losses) / k}
         self.scaler.unscale_(self.opt)
         if self.recipe.optim.grad_clip > 0:
             metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip))

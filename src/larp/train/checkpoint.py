@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
+TMP_PREFIX, OLD_PREFIX = ".tmp_", ".old_"  # half-written and replaced checkpoint folders
 _TENSOR_TAG = "__tensor__"
 _TUPLE_TAG = "__tuple__"
 
@@ -78,11 +79,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: Path, step: int, state: dict[str, Any]) -> Path:
-    """Write `state` as `root/step_{step:08d}` atomically and return that folder."""
+def write_checkpoint(final: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write `state` as the checkpoint folder `final`, atomically: into a temporary sibling first, then
+    renamed into place (replacing an older folder of that name whole)."""
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=root))
     try:
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten_state(state, tensors)
@@ -90,7 +92,7 @@ def save_checkpoint(root: Path, step: int, state: dict[str, Any]) -> Path:
         (tmp / STATE).write_text(json.dumps({"step": step, "state": skeleton}))
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after an interrupt): replace it whole
-            old = root / f".old_{final.name}"
+            old = root / f"{OLD_PREFIX}{final.name}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
@@ -102,6 +104,23 @@ def save_checkpoint(root: Path, step: int, state: dict[str, Any]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def save_checkpoint(root: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write `state` as `root/step_{step:08d}` atomically and return that folder."""
+    return write_checkpoint(root / f"step_{step:08d}", step, state)
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Delete the half-written folders that a process killed during `write_checkpoint` leaves in `root`."""
+    if not root.is_dir():
+        return []
+    prefixes = (TMP_PREFIX, OLD_PREFIX, ".step_")  # ".step_": the temporary name of earlier versions
+    stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefixes)]
+    for folder in stale:
+        log.info("removing %s, left by an interrupted checkpoint write", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:
@@ -147,20 +166,3 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
         return
     for folder in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Copy a checkpoint folder to `dst` atomically (used for the best checkpoint)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        for name in (TENSORS, STATE):
-            shutil.copy2(src / name, tmp / name)
-        old = dst.parent / f".old_{dst.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        if dst.exists():
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

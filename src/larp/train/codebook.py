@@ -1,7 +1,8 @@
 """Codebook health and anti-collapse options for training the LARP tokenizer.
 
 Small tokenizers trained with the released recipe collapse onto one or two codes and a decoder that outputs
-the mean video (LARP_SPEC.md section 6). This module holds what a trainer needs to see and to prevent that:
+the mean video (docs/small_scale_recipes.md). This module holds what a trainer needs to see and to prevent
+that:
 
 - `CodebookMonitor`: usage (fraction of codes hit in the last `window` steps), perplexity, dead codes, and a
   logged warning when usage falls below a threshold. Always on; costs one bincount per step.
@@ -11,8 +12,8 @@ the mean video (LARP_SPEC.md section 6). This module holds what a trainer needs 
 - `CodebookOptions` + `AntiCollapse`: the options as one typed config block (all off by default, so the
   released recipe is unchanged) and the object a trainer calls once at the start and once per step.
 
-None of these change a model's module names or its forward numerics: they only set parameter values
-(initialisation, codebook rows) and the quantiser's `temperature` attribute."""
+None of these change a model's module names or its forward numerics: they set parameter values through the
+quantiser's own codebook operations (`StochasticVQ.init_codebook`, `replace_codes`, `set_temperature`)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from larp.models.quantizer import StochasticVQ, pick_rows, spherical_kmeans
 from larp.models.tokenizer import LARPTokenizer
 from larp.train.local_init import local_linear_init
+
+__all__ = ["AntiCollapse", "CodebookMonitor", "CodebookOptions", "apply_init", "init_codebook_from_encoder",
+           "quantizer_of", "reinit_dead_codes", "set_temperature", "spherical_kmeans", "temperature_at"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,11 @@ class CodebookMonitor:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def quantizer_of(model: LARPTokenizer) -> StochasticVQ:
+    """The tokenizer's quantiser, whose codebook operations the trainer calls."""
+    return model.bottleneck.regularizer
+
+
 def _unit_latents(model: LARPTokenizer, videos: torch.Tensor) -> torch.Tensor:
     """(B, C, T, H, W) -> (B*N, d) unit vectors that the quantiser would see."""
     was_training = model.training
@@ -134,31 +143,6 @@ def _unit_latents(model: LARPTokenizer, videos: torch.Tensor) -> torch.Tensor:
     return z.reshape(-1, z.shape[-1])
 
 
-def _pick_rows(z: torch.Tensor, count: int, noise: float, generator: torch.Generator | None) -> torch.Tensor:
-    """`count` rows of z (without replacement while possible), jittered so that duplicates can separate."""
-    if z.shape[0] >= count:
-        idx = torch.randperm(z.shape[0], generator=generator, device="cpu")[:count]
-    else:
-        idx = torch.randint(0, z.shape[0], (count,), generator=generator, device="cpu")
-    rows = z[idx.to(z.device)].float()
-    if noise > 0:
-        rows = rows + noise * torch.randn(rows.shape, generator=generator, device="cpu").to(rows.device)
-    return rows
-
-
-def spherical_kmeans(z: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
-    """Lloyd iterations on the unit sphere: assign each row of z (M, d) to its most similar centre (K, d),
-    move every centre to the normalised mean of its rows; centres that get no row stay where they are."""
-    centres = F.normalize(centres.float(), dim=-1)
-    z = F.normalize(z.float(), dim=-1)
-    for _ in range(iters):
-        nearest = (z @ centres.t()).argmax(-1)
-        sums = torch.zeros_like(centres).index_add_(0, nearest, z)
-        hit = torch.bincount(nearest, minlength=len(centres)) > 0
-        centres = torch.where(hit[:, None], F.normalize(sums, dim=-1), centres)
-    return centres
-
-
 def init_codebook_from_encoder(model: LARPTokenizer, videos: torch.Tensor, noise: float = 0.05,
                                generator: torch.Generator | None = None, kmeans_iters: int = 0) -> None:
     """Set every codebook row to an encoder output (unit vector, plus `noise`) of `videos`, then refine the
@@ -166,14 +150,8 @@ def init_codebook_from_encoder(model: LARPTokenizer, videos: torch.Tensor, noise
 
     With random codes most of a 16-d sphere is far from where the encoder's outputs lie, so only a few codes
     are ever sampled; starting the codes on the outputs gives each one a chance. k-means then spreads them so
-    that the outputs are quantised with less distortion (+0.4 dB at the start on the synthetic set)."""
-    z = _unit_latents(model, videos)
-    emb = model.bottleneck.regularizer.embedding.weight
-    with torch.no_grad():
-        rows = _pick_rows(z, emb.shape[0], noise, generator)
-        if kmeans_iters > 0:
-            rows = spherical_kmeans(z, rows, kmeans_iters)
-        emb.copy_(rows.to(emb.dtype))
+    that the outputs are quantised with less distortion."""
+    quantizer_of(model).init_codebook(_unit_latents(model, videos), noise, generator, kmeans_iters)
 
 
 def reinit_dead_codes(model: LARPTokenizer, dead: torch.Tensor, latents: torch.Tensor, noise: float = 0.05,
@@ -184,26 +162,18 @@ def reinit_dead_codes(model: LARPTokenizer, dead: torch.Tensor, latents: torch.T
     `latents` are recent encoder outputs after the bottleneck projection (unit vectors). When `optimizer`
     is given, its per-parameter state (Adam moments) is zeroed for those rows so that stale momentum does
     not drag the new codes away."""
-    emb = model.bottleneck.regularizer.embedding.weight
-    if dead.shape != (emb.shape[0],) or dead.dtype != torch.bool:
-        raise ValueError(f"reinit_dead_codes: expected a bool mask of shape ({emb.shape[0]},), "
+    quantizer = quantizer_of(model)
+    k, d = quantizer.codebook_size, quantizer.dim
+    if dead.shape != (k,) or dead.dtype != torch.bool:
+        raise ValueError(f"reinit_dead_codes: expected a bool mask of shape ({k},), "
                          f"got {dead.dtype} {tuple(dead.shape)}")
     n = int(dead.sum())
     if n == 0:
         return 0
     z = latents.detach().reshape(-1, latents.shape[-1])
-    if z.shape[-1] != emb.shape[1]:
-        raise ValueError(f"reinit_dead_codes: latents must have the codebook's width {emb.shape[1]}, "
-                         f"got {z.shape[-1]}")
-    rows = _pick_rows(z, n, noise, generator).to(emb.dtype)
-    mask = dead.to(emb.device)
-    with torch.no_grad():
-        emb[mask] = rows
-    if optimizer is not None:
-        state = optimizer.state.get(emb, {})
-        for value in state.values():
-            if isinstance(value, torch.Tensor) and value.shape == emb.shape:
-                value[mask] = 0
+    if z.shape[-1] != d:
+        raise ValueError(f"reinit_dead_codes: latents must have the codebook's width {d}, got {z.shape[-1]}")
+    quantizer.replace_codes(dead, pick_rows(z, n, noise, generator), optimizer)
     return n
 
 
@@ -226,9 +196,7 @@ def temperature_at(step: int, start: float, end: float, anneal_steps: int) -> fl
 
 def set_temperature(model: LARPTokenizer, temperature: float) -> None:
     """Set the stochastic quantiser's sampling temperature (not part of the state dict)."""
-    if temperature <= 0:
-        raise ValueError(f"the sampling temperature must be positive, got {temperature}")
-    model.bottleneck.regularizer.temperature = float(temperature)
+    quantizer_of(model).set_temperature(temperature)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,8 +249,16 @@ class CodebookOptions:
         if self.dead_code_steps < 0 or self.temperature_anneal_steps < 0 or self.init_kmeans_iters < 0:
             raise ValueError("codebook.dead_code_steps, codebook.temperature_anneal_steps and "
                              "codebook.init_kmeans_iters must be >= 0")
-        if self.temperature_start is not None and self.temperature_start <= 0:
+        if self.temperature_start is not None and not self.temperature_start > 0:
             raise ValueError(f"codebook.temperature_start must be positive, got {self.temperature_start}")
+        if not 0.0 <= self.warn_below_usage <= 1.0:
+            raise ValueError(f"codebook.warn_below_usage must be in [0, 1], got {self.warn_below_usage}")
+        if not self.reinit_noise >= 0:
+            raise ValueError(f"codebook.reinit_noise must be >= 0, got {self.reinit_noise}")
+        for name in ("final_layer_init_std", "query_init_std"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"codebook.{name} must be > 0 (or null), got {value}")
 
 
 class AntiCollapse:
@@ -294,7 +270,9 @@ class AntiCollapse:
         stats = ac.after_step(step, out.indices, optimizer=opt)   # every step; returns numbers to log
 
     `before_step(step)` sets the annealed temperature. The encoder outputs needed for dead-code
-    re-initialisation are captured by a forward hook on the quantiser, so no extra forward pass runs."""
+    re-initialisation are captured by a forward hook on the quantiser, so no extra forward pass runs; with
+    gradient accumulation, the outputs of all the step's micro-batches are kept. `close()` removes the hook
+    (`before_step` puts it back)."""
 
     def __init__(self, model: LARPTokenizer, options: CodebookOptions | None = None,
                  generator: torch.Generator | None = None):
@@ -307,13 +285,16 @@ class AntiCollapse:
         self.end_temperature = model.config.vq.stochastic_temperature
         self.reinitialised = 0  # total codes re-initialised
         self.init_report: dict[str, float] = {}  # what local_linear_init achieved
-        self._latents: torch.Tensor | None = None
+        self._latents: list[torch.Tensor] = []  # the quantiser's inputs since the step began
         self._hook = None
-        if self.options.dead_code_steps > 0:
-            self._hook = model.bottleneck.regularizer.register_forward_hook(self._capture)
+        self._attach()
+
+    def _attach(self) -> None:
+        if self.options.dead_code_steps > 0 and self._hook is None:
+            self._hook = quantizer_of(self.model).register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple, output: object) -> None:
-        self._latents = inputs[0].detach()
+        self._latents.append(inputs[0].detach())
 
     def setup(self, videos: torch.Tensor | Iterable[torch.Tensor] | None = None) -> None:
         o = self.options
@@ -337,6 +318,8 @@ class AntiCollapse:
         t = (self.end_temperature if o.temperature_start is None
              else temperature_at(step, o.temperature_start, self.end_temperature, o.temperature_anneal_steps))
         set_temperature(self.model, t)
+        self._latents = []
+        self._attach()
         return t
 
     def after_step(self, step: int, indices: torch.Tensor,
@@ -344,15 +327,17 @@ class AntiCollapse:
         self.monitor.update(indices)
         n = 0
         o = self.options
-        if o.dead_code_steps > 0 and self._latents is not None and self.monitor.step >= o.dead_code_steps:
+        if o.dead_code_steps > 0 and self._latents and self.monitor.step >= o.dead_code_steps:
             dead = self.monitor.dead_codes(o.dead_code_steps)
-            n = reinit_dead_codes(self.model, dead, self._latents, o.reinit_noise, self.generator, optimizer)
+            latents = self._latents[0] if len(self._latents) == 1 else torch.cat(self._latents)
+            n = reinit_dead_codes(self.model, dead, latents, o.reinit_noise, self.generator, optimizer)
             # Re-initialised codes get a fresh grace period.
             self.monitor.last_hit[dead] = self.monitor.step - 1
             self.reinitialised += n
         stats = self.monitor.stats()
         stats["codes_reinitialised"] = float(n)
-        stats["temperature"] = float(self.model.bottleneck.regularizer.temperature)
+        stats["temperature"] = float(quantizer_of(self.model).temperature)
+        self._latents = []
         return stats
 
     def state_dict(self) -> dict[str, object]:

@@ -1,8 +1,9 @@
 """Training recipes: YAML files -> typed dataclasses, with `key=value` overrides and unknown keys rejected.
 
 A recipe has sections `model`, `data`, `optim`, `run` shared by both trainings, plus `loss`,
-`discriminator` and `codebook` for the tokenizer and `tokenizer` for the AR model. The resolved recipe is
-saved as `config.yaml` in every run folder."""
+`discriminator` and `codebook` for the tokenizer and `tokenizer` for the AR model. Every value is checked
+when a recipe is loaded (`validate`), so that a bad one fails at once with its key named, not mid-run. The
+resolved recipe is saved as `config.yaml` in every run folder."""
 
 from __future__ import annotations
 
@@ -24,13 +25,43 @@ from larp.utils.config import ConfigError, apply_overrides, from_dict, to_dict
 
 T = TypeVar("T")
 
+# The parts of a tokenizer that `model.freeze` may keep fixed.
+FREEZABLE = ("encoder", "decoder", "prior", "codebook")
+
+
+def _need(ok: bool, key: str, rule: str, value: Any) -> None:
+    """Raise ConfigError `<key> must be <rule>, got <value>` unless `ok` (NaN fails every comparison)."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _positive_ints(section: Any, prefix: str, names: str, low: int = 1) -> None:
+    for name in names.split():
+        value = getattr(section, name)
+        _need(value >= low, f"{prefix}.{name}", f">= {low}", value)
+
+
+def _betas(betas: tuple[float, float], key: str) -> None:
+    _need(len(betas) == 2 and all(0 <= b < 1 for b in betas), key, "two numbers in [0, 1)", list(betas))
+
 
 @dataclass
 class ModelSpec:
-    """A named preset plus overrides of its released config keys (nested mappings merge)."""
+    """A named preset plus overrides of its released config keys (nested mappings merge).
+
+    Fine-tuning: `init_from` (a folder written by `save_pretrained` or a training run's `model/`, or a
+    Hugging Face repo id) starts the run from those weights, with a fresh optimiser. The architecture is then
+    the checkpoint's own (its config.json; `preset` is not used), and `config` still overrides keys of it,
+    e.g. `num_classes` of an AR model."""
 
     preset: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""
+    freeze: list[str] = field(default_factory=list)  # tokenizer: parts kept fixed, of FREEZABLE
+    # AR fine-tuning onto a new class count: for each class of the new model, the checkpoint's class whose
+    # embedding row it starts from, or -1 for a fresh row. Empty: all rows kept when the count is unchanged,
+    # all fresh otherwise. The null-class row (guidance) is always kept.
+    class_rows: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +81,12 @@ class DataConfig:
     # datasets such as the synthetic one, where decoding costs a fifth of a CPU training step.
     cache_mb: float = 0.0
 
+    def validate(self, prefix: str = "data") -> None:
+        _positive_ints(self, prefix, "num_frames size batch_size val_clips")
+        _positive_ints(self, prefix, "num_workers", low=0)
+        _need(0 <= self.max_bad_fraction < 1, f"{prefix}.max_bad_fraction", "in [0, 1)", self.max_bad_fraction)
+        _need(self.cache_mb >= 0, f"{prefix}.cache_mb", ">= 0", self.cache_mb)
+
 
 @dataclass
 class OptimConfig:
@@ -61,11 +98,23 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 = off
     prior_lr_mult: float = 50.0  # tokenizer: learning-rate multiplier of the prior model
     embed_lr_mult: float = 1.0  # tokenizer: multiplier of the patch embedding (large fan-in; see local_init)
+    # Micro-batches of data.batch_size per optimiser step: the effective batch is
+    # data.batch_size x grad_accum_steps x processes. Steps, schedules and checkpoints count optimiser steps.
+    grad_accum_steps: int = 1
+
+    def validate(self, prefix: str = "optim") -> None:
+        _need(self.lr > 0, f"{prefix}.lr", "> 0", self.lr)
+        _betas(self.betas, f"{prefix}.betas")
+        for name in ("weight_decay", "grad_clip", "prior_lr_mult", "embed_lr_mult"):
+            _need(getattr(self, name) >= 0, f"{prefix}.{name}", ">= 0", getattr(self, name))
+        _need(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        _positive_ints(self, prefix, "warmup_steps", low=0)
+        _positive_ints(self, prefix, "grad_accum_steps")
 
 
 @dataclass
 class LossConfig:
-    """Tokenizer loss: pixel + perceptual + GAN + VQ + prior (spec section 2)."""
+    """Tokenizer loss: pixel + perceptual + GAN + VQ + prior."""
 
     pixel: Literal["l1", "l2"] = "l1"
     pixel_weight: float = 1.0
@@ -75,7 +124,10 @@ class LossConfig:
     gan_weight: float = 0.3
     gan_loss: Literal["bce", "hinge"] = "bce"  # bce: non-saturating with one-sided label smoothing
     gan_start_step: int = 0
-    disc_every: int = 5  # the discriminator is updated every k-th step
+    # The discriminator's first update; None: gan_start_step. Fine-tuning a trained generator: let a fresh
+    # discriminator learn alone for a while (disc_start_step=0, gan_start_step=500).
+    disc_start_step: int | None = None
+    disc_every: int = 5  # the discriminator is updated every k-th (optimiser) step
     lecam_weight: float = 0.001
     lecam_decay: float = 0.999
     r1_weight: float = 0.0
@@ -88,6 +140,20 @@ class LossConfig:
             return self.prior_weight
         return self.prior_weight * min(1.0, max(step, 0) / self.prior_warmup_steps)
 
+    @property
+    def disc_start(self) -> int:
+        return self.gan_start_step if self.disc_start_step is None else self.disc_start_step
+
+    def validate(self, prefix: str = "loss") -> None:
+        for name in ("pixel_weight", "l2_weight", "perceptual_weight", "gan_weight", "lecam_weight", "r1_weight",
+                     "vq_weight", "prior_weight"):
+            _need(getattr(self, name) >= 0, f"{prefix}.{name}", ">= 0", getattr(self, name))
+        _positive_ints(self, prefix, "l2_steps gan_start_step prior_warmup_steps", low=0)
+        if self.disc_start_step is not None:
+            _positive_ints(self, prefix, "disc_start_step", low=0)
+        _positive_ints(self, prefix, "disc_every")
+        _need(0 <= self.lecam_decay < 1, f"{prefix}.lecam_decay", "in [0, 1)", self.lecam_decay)
+
 
 @dataclass
 class DiscriminatorSpec:
@@ -96,6 +162,15 @@ class DiscriminatorSpec:
     depth: int = 12
     lr: float = 3e-5
     betas: tuple[float, float] = (0.5, 0.9)
+    warmup_steps: int | None = None  # its own learning-rate warm-up; None: optim.warmup_steps
+
+    def validate(self, prefix: str = "discriminator") -> None:
+        _positive_ints(self, prefix, "width heads depth")
+        _need(self.width % self.heads == 0, f"{prefix}.width", f"a multiple of heads={self.heads}", self.width)
+        _need(self.lr > 0, f"{prefix}.lr", "> 0", self.lr)
+        _betas(self.betas, f"{prefix}.betas")
+        if self.warmup_steps is not None:
+            _positive_ints(self, prefix, "warmup_steps", low=0)
 
 
 @dataclass
@@ -118,6 +193,12 @@ class RunConfig:
     wandb_project: str = "larp"
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
 
+    def validate(self, prefix: str = "run") -> None:
+        _need(bool(self.out_dir), f"{prefix}.out_dir", "a folder", self.out_dir)
+        _positive_ints(self, prefix, "max_steps log_every")
+        _positive_ints(self, prefix, "seed eval_every ckpt_every keep_last threads", low=0)
+        _need(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", "in [0, 1)", self.ema_decay)
+
 
 @dataclass
 class TokenizerTrainConfig:
@@ -131,6 +212,27 @@ class TokenizerTrainConfig:
 
     def model_config(self) -> TokenizerConfig:
         return TokenizerConfig.from_json_dict(_resolve_model(self.model, TOKENIZER_PRESETS, "tokenizer"))
+
+    def validate(self) -> None:
+        """Check every section, naming the key of the first bad value (ConfigError)."""
+        _validate_common(self)
+        self.loss.validate()
+        self.discriminator.validate()
+        try:
+            self.codebook.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        unknown = [part for part in self.model.freeze if part not in FREEZABLE]
+        _need(not unknown, "model.freeze", f"a list of {list(FREEZABLE)}", self.model.freeze)
+        _need(not self.model.class_rows, "model.class_rows", "empty for a tokenizer", self.model.class_rows)
+        if "codebook" in self.model.freeze:
+            for name in ("dead_code_steps", "init_kmeans_iters"):
+                _need(not getattr(self.codebook, name), f"codebook.{name}", "0 with the codebook frozen",
+                      getattr(self.codebook, name))
+            _need(not self.codebook.init_from_encoder, "codebook.init_from_encoder",
+                  "false with the codebook frozen", True)
+        if set(FREEZABLE) <= set(self.model.freeze):
+            raise ConfigError(f"model.freeze={self.model.freeze} leaves nothing to train")
 
 
 @dataclass
@@ -150,6 +252,24 @@ class ARTrainConfig:
     def model_config(self) -> ARConfig:
         return ARConfig.from_json_dict(_resolve_model(self.model, AR_PRESETS, "AR"))
 
+    def validate(self) -> None:
+        """Check every section, naming the key of the first bad value (ConfigError)."""
+        _validate_common(self)
+        _need(not self.model.freeze, "model.freeze", "empty for an AR model (freezing is a tokenizer option)",
+              self.model.freeze)
+        _need(self.num_cond_frames >= 1, "num_cond_frames", ">= 1", self.num_cond_frames)
+        if self.model.class_rows:
+            _need(bool(self.model.init_from), "model.class_rows", "used with model.init_from", self.model.class_rows)
+            classes = self.model_config().num_classes
+            _need(len(self.model.class_rows) == classes, "model.class_rows",
+                  f"one entry per class of the new model ({classes})", self.model.class_rows)
+
+
+def _validate_common(recipe: Any) -> None:
+    recipe.data.validate()
+    recipe.optim.validate()
+    recipe.run.validate()
+
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
@@ -159,6 +279,10 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_model(spec: ModelSpec, presets: dict[str, Any], family: str) -> dict[str, Any]:
+    if spec.init_from:  # fine-tuning: the checkpoint's architecture
+        from larp.models.hub import read_config, resolve_folder
+
+        return _deep_merge(read_config(resolve_folder(spec.init_from)), spec.config)
     if spec.preset and spec.preset not in presets:
         raise ConfigError(f"model.preset: unknown {family} preset {spec.preset!r}; expected one of {list(presets)}")
     base = to_dict(presets[spec.preset]) if spec.preset else {}
@@ -190,9 +314,14 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: list[st
         full = apply_overrides(full, [o for o in overrides if not o.startswith("model.config.")])
         recipe = from_dict(cls, full, f"{where} with overrides")
     recipe.model_config()  # type: ignore[attr-defined]  # validates the model section now, not mid-run
+    recipe.validate()  # type: ignore[attr-defined]
     return recipe
 
 
 def save_recipe(recipe: Any, path: Path) -> None:
+    """Write the resolved recipe as YAML (atomically)."""
+    from larp.utils.files import atomic_write_bytes
+
+    text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))

@@ -2,8 +2,10 @@
 
 The engine knows nothing of LARP. A task builds its models, optimisers and data and implements
 `train_step`, `evaluate`, `export`, `state_dict` / `load_state_dict`; the engine runs the steps, evaluates
-and checkpoints on schedule, resumes exactly (weights, optimisers, RNG states and data position), logs,
-handles SIGINT/SIGTERM by checkpointing, and runs under torchrun with DistributedDataParallel."""
+and checkpoints on schedule, keeps the best evaluated weights, resumes exactly (weights, optimisers, RNG
+states and data position), logs, handles SIGINT/SIGTERM by checkpointing, and runs under torchrun with
+DistributedDataParallel. With gradient accumulation a step takes k micro-batches; steps, schedules and
+checkpoints count optimiser steps, so a checkpoint never falls inside an accumulation."""
 
 from __future__ import annotations
 
@@ -27,17 +29,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from larp.train.checkpoint import copy_checkpoint, load_latest, prune_checkpoints, save_checkpoint
+from larp.train.checkpoint import (
+    list_checkpoints,
+    load_latest,
+    prune_checkpoints,
+    remove_temporaries,
+    save_checkpoint,
+    write_checkpoint,
+)
 from larp.train.config import RunConfig
+from larp.train.tracking import MetricsLogger
+from larp.utils.errors import LarpError
+from larp.utils.files import write_json
 
 log = logging.getLogger("larp.train")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(LarpError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(LarpError):
     """SIGINT or SIGTERM arrived; a checkpoint was written before stopping."""
 
 
@@ -78,6 +90,13 @@ class TrainContext:
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         return torch.compile(module) if self.compile else module  # type: ignore[return-value]
+
+    def no_sync(self, module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP's `no_sync` unless `sync`: accumulate gradients locally on all micro-batches but the last."""
+        inner = getattr(module, "_orig_mod", module)  # under torch.compile
+        if sync or not isinstance(inner, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return inner.no_sync()
 
 
 def setup_context(run: RunConfig) -> TrainContext:
@@ -149,56 +168,14 @@ class ResumableSampler(Sampler):
             yield mine[pos], (self.seed * 7_919 + self.epoch) * 1_000_003 + pos * self.world_size + self.rank
 
 
-# -------------------------------------------------------------------------------------------- logging
-class MetricsLogger:
-    """JSONL always; TensorBoard and Weights & Biases when asked (rank 0 only)."""
-
-    def __init__(self, out_dir: Path, run: RunConfig, enabled: bool, config: dict[str, Any]):
-        self.enabled = enabled
-        self.file = out_dir / "metrics.jsonl"
-        self.tb = self.wandb = None
-        if not enabled:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if run.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise RuntimeError("run.tensorboard=true needs the tensorboard package: "
-                                   "pip install 'larp[logging]'") from exc
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-        if run.wandb:
-            try:
-                import wandb
-            except ImportError as exc:
-                raise RuntimeError("run.wandb=true needs the wandb package: pip install wandb") from exc
-            self.wandb = wandb.init(project=run.wandb_project, dir=str(out_dir), config=config, resume="allow")
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled or not metrics:
-            return
-        with self.file.open("a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 # ----------------------------------------------------------------------------------------------- task
 class Task(Protocol):
     ctx: TrainContext
 
     def train_dataset(self) -> Any: ...  # has __len__ and sample(index, rng) or load(index, rng) -> item dict
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]: ...
+    # One optimiser step on `batches`: the micro-batches of one step (one batch without accumulation).
+    def train_step(self, batches: list[dict[str, Any]], step: int) -> dict[str, torch.Tensor | float]: ...
 
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]: ...
 
@@ -238,7 +215,7 @@ class Engine:
         self.ckpt_dir = out_dir / "checkpoints"
         self.step = 0
         self.epoch = 0
-        self.batch_in_epoch = 0
+        self.batch_in_epoch = 0  # loader batches (micro-batches) of this epoch already used
         self.best: float | None = None
         self._stop_signal: int | None = None
         self.logger = MetricsLogger(out_dir, run, self.ctx.is_main, config_for_logs or {})
@@ -298,9 +275,23 @@ class Engine:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
 
-    def fit(self, batch_size: int, num_workers: int) -> dict[str, float]:
-        """Train to `run.max_steps`, returning the last evaluation's metrics."""
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        kept = list_checkpoints(self.ckpt_dir)
+        where = (f"the last good checkpoint, {kept[-1]}, is kept (resume with --resume, perhaps with a lower "
+                 "learning rate)" if kept else
+                 f"no checkpoint had been written yet (run.ckpt_every={self.run.ckpt_every}): start again, "
+                 "perhaps with a lower learning rate")
+        return TrainingDiverged(f"loss became {loss} at step {self.step}; stopping: {where}")
+
+    def fit(self, batch_size: int, num_workers: int, grad_accum_steps: int = 1) -> dict[str, float]:
+        """Train to `run.max_steps` optimiser steps of `grad_accum_steps` micro-batches of `batch_size`
+        (per process), returning the last evaluation's metrics."""
         run, ctx = self.run, self.ctx
+        if grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+        if ctx.is_main:
+            remove_temporaries(self.ckpt_dir)  # left by a process killed while writing a checkpoint
+            remove_temporaries(self.out_dir)
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not in the main thread
@@ -310,18 +301,19 @@ class Engine:
                    dynamic_ncols=True)
         t0, clips = time.perf_counter(), 0
         try:
+            self.logger.start(self.step)
             batches = self._batches(batch_size, num_workers)
             while self.step < run.max_steps:
-                batch = next(batches)
-                metrics = self.task.train_step(batch, self.step)
+                micro = []
+                for _ in range(grad_accum_steps):
+                    micro.append(next(batches))
+                    self.batch_in_epoch += 1
+                metrics = self.task.train_step(micro, self.step)
                 loss = float(metrics.get("loss", 0.0))
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss} at step {self.step}; stopping. The last good checkpoint is kept in "
-                        f"{self.ckpt_dir} (resume with --resume, perhaps with a lower learning rate)")
+                    raise self._diverged(loss)
                 self.step += 1
-                self.batch_in_epoch += 1
-                clips += batch_size * ctx.world_size
+                clips += batch_size * grad_accum_steps * ctx.world_size
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
                     rate = clips / max(time.perf_counter() - t0, 1e-9)
                     shown = {f"train/{k}": float(v) for k, v in metrics.items()}
@@ -334,9 +326,9 @@ class Engine:
                 done = self.step == run.max_steps
                 if run.eval_every and (self.step % run.eval_every == 0 or done):
                     last_eval = self._evaluate()
+                    self._track_best(last_eval)
                 if (run.ckpt_every and self.step % run.ckpt_every == 0) or done or self._stop_signal:
-                    folder = self.save()
-                    self._track_best(folder, last_eval)
+                    self.save()
                 if self._stop_signal:
                     raise TrainingInterrupted(f"stopped by signal {self._stop_signal} at step {self.step}; "
                                               f"checkpoint written to {self.ckpt_dir} (resume with --resume)")
@@ -345,6 +337,9 @@ class Engine:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.logger.close()
+            close = getattr(self.task, "close", None)
+            if close is not None:
+                close()
         if ctx.is_main:
             self.task.export(self.out_dir / "model")
         return last_eval
@@ -363,13 +358,15 @@ class Engine:
             dist.barrier()
         return metrics
 
-    def _track_best(self, folder: Path | None, metrics: dict[str, float]) -> None:
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        """When `run.best_metric` improved, write the weights just evaluated to `best/` (a checkpoint of this
+        step, whatever `ckpt_every` is) and `best.json`."""
         key = self.run.best_metric
-        if folder is None or not key or key not in metrics:
+        if not self.ctx.is_main or not key or key not in metrics:
             return
         value = metrics[key]
         better = self.best is None or (value > self.best if self.run.best_mode == "max" else value < self.best)
         if better:
             self.best = value
-            copy_checkpoint(folder, self.ckpt_dir.parent / "best")
-            (self.out_dir / "best.json").write_text(json.dumps({"step": self.step, key: value}))
+            write_checkpoint(self.out_dir / "best", self.step, self._state())
+            write_json(self.out_dir / "best.json", {"step": self.step, key: value})

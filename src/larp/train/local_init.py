@@ -23,9 +23,8 @@ have to discover, inside the released architecture (no module or key changes; on
    components of the encoder's content outputs, `out_linear` writes the code into a content subspace of the
    decoder, and the output layer is the least-squares read-out of the decoder's features.
 
-The model then starts near a per-patch PCA autoencoder (about 24.5 dB on the synthetic set before any step,
-22 dB quantised after the codebook is initialised from encoder outputs) and LARP training proceeds from there.
-The patch embedding then needs a small learning rate (`optim.embed_lr_mult`): its fan-in is a whole patch,
+The model then starts near a per-patch PCA autoencoder, far above the mean video (docs/small_scale_recipes.md
+has the measured figures), and LARP training proceeds from there. The patch embedding then needs a small learning rate (`optim.embed_lr_mult`): its fan-in is a whole patch,
 so Adam's per-weight steps move its outputs far more than any other layer's."""
 
 from __future__ import annotations

@@ -1,26 +1,33 @@
-"""One step of LARP tokenizer training (spec section 2), and its evaluation.
+"""One step of LARP tokenizer training, and its evaluation.
 
 Generator loss = pixel + perceptual + GAN + VQ + prior CE; the discriminator is updated every k-th step on
-the same reconstruction (no second forward pass of the tokenizer)."""
+the same reconstruction (no second forward pass of the tokenizer). With gradient accumulation a step runs
+the k micro-batches one after the other, each loss divided by k, and updates once: every loss term is a
+mean over the batch, so the update is the one of the whole batch. The exceptions are batch statistics:
+the entropy loss (`vq.entropy_loss_weight`) is computed per micro-batch, and the LeCam averages of the
+discriminator are updated once with the means over all micro-batches (one extra forward pass of the
+discriminator on its steps)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from larp.data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
+from larp.data.datasets import VideoClipDataset
 from larp.data.video_io import write_gif, write_png_grid
 from larp.eval.metrics import psnr, ssim
 from larp.models.tokenizer import LARPTokenizer
-from larp.train.codebook import AntiCollapse, CodebookMonitor
-from larp.train.config import DataConfig, OptimConfig, TokenizerTrainConfig
+from larp.train.codebook import AntiCollapse, CodebookMonitor, quantizer_of
+from larp.train.config import TokenizerTrainConfig
+from larp.train.data import init_clips, training_videos, validation_videos
 from larp.train.engine import TrainContext
+from larp.train.finetune import freeze, load_init_weights
 from larp.train.losses import (
     DiscriminatorConfig,
     LeCam,
@@ -32,60 +39,21 @@ from larp.train.losses import (
     r1_penalty,
     require_vgg_weights,
 )
+from larp.train.optim import make_ema, make_scheduler, prefix_groups
+
+__all__ = ["TokenizerTask", "init_clips", "training_videos"]
+
+log = logging.getLogger("larp.train")
 
 
-class WarmupCosine:
-    """Learning-rate factor: linear warm-up, then cosine from 1 to `min_ratio` at `total` steps."""
-
-    def __init__(self, warmup: int, total: int, min_ratio: float):
-        self.warmup, self.total, self.min_ratio = warmup, max(total, 1), min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_scheduler(opt: torch.optim.Optimizer, optim: OptimConfig, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(optim.warmup_steps, total, optim.min_lr_ratio))
-
-
-def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
-    """An exponential moving average of the weights (timm's ModelEmaV3), or None when decay is 0."""
-    if decay <= 0:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=decay)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside DDP and/or torch.compile wrappers."""
-    module = getattr(module, "_orig_mod", module)
-    return getattr(module, "module", module)
-
-
-def training_videos(data: DataConfig, seed: int) -> VideoClipDataset:
-    """Random training clips from one or several metadata CSVs (concatenated)."""
-    csvs = [data.train_csv] if isinstance(data.train_csv, str) else list(data.train_csv)
-    rows = [row for csv in csvs for row in read_video_csv(csv)]
-    return VideoClipDataset(rows, data.num_frames, data.size, train=True, seed=seed,
-                            max_bad_fraction=data.max_bad_fraction, cache_mb=data.cache_mb)
-
-
-def init_clips(dataset: VideoClipDataset, n: int, seed: int) -> torch.Tensor:
-    """(n, 3, T, H, W) training clips for the data-dependent initialisations, drawn without replacement from
-    the whole dataset: metadata CSVs are often sorted by class, and their first rows would be one class."""
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    return torch.stack([dataset.load(int(i), rng)["video"] for i in picks])
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return rows[0] if len(rows) == 1 else {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
 class TokenizerTask:
     def __init__(self, recipe: TokenizerTrainConfig, ctx: TrainContext):
         self.recipe, self.ctx = recipe, ctx
-        run, data, loss = recipe.run, recipe.data, recipe.loss
+        run, data, loss, spec = recipe.run, recipe.data, recipe.loss, recipe.model
         device = ctx.device
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = LARPTokenizer(recipe.model_config()).to(device)
@@ -95,11 +63,10 @@ class TokenizerTask:
                              f"{mc.frame_num}x{mc.input_size}x{mc.input_size}")
         if not data.train_csv:
             raise ValueError("data.train_csv is required (a metadata CSV id,path,action,label)")
+        if spec.init_from:
+            log.info("fine-tuning from %s", load_init_weights(self.model, spec.init_from))
         self.train_set = training_videos(data, run.seed)
-        if not data.flip:
-            self.train_set.transform.flip_p = 0.0
-        self.val_set = (VideoCSVDataset(data.val_csv, data.num_frames, data.size, train=False, seed=run.seed,
-                                        cache_mb=data.cache_mb) if data.val_csv else None)
+        self.val_set = validation_videos(data, run.seed)
 
         # Losses that need weights are built first, so a missing file fails before any work.
         self.perceptual = PerceptualLoss().to(device) if loss.perceptual_weight > 0 else None
@@ -119,25 +86,27 @@ class TokenizerTask:
             self.lecam = LeCam(loss.lecam_decay).to(device)
 
         self.anti = AntiCollapse(self.model, recipe.codebook)
-        first = None
-        if recipe.codebook.init_from_encoder or recipe.codebook.local_linear_init:
-            first = init_clips(self.train_set, max(data.batch_size, 64), run.seed).to(device)
-        self.anti.setup(first)
+        if spec.init_from:  # the initialisations are for a model trained from scratch
+            log.info("codebook/initialisation options skipped: the weights come from %s", spec.init_from)
+        else:
+            first = None
+            if recipe.codebook.init_from_encoder or recipe.codebook.local_linear_init:
+                first = init_clips(self.train_set, max(data.batch_size, 64), run.seed).to(device)
+            self.anti.setup(first)
+        if spec.freeze:
+            log.info("frozen: %s (%d tensors)", ", ".join(spec.freeze), len(freeze(self.model, spec.freeze)))
         self.ema = make_ema(self.model, run.ema_decay)
 
         o = recipe.optim
-        mults = {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult, "": 1.0}  # "" = the rest
-        parts: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in mults}
-        for name, param in self.model.named_parameters():
-            parts[next(prefix for prefix in parts if name.startswith(prefix))].append(param)
-        groups = [{"params": ps, "lr": o.lr * mults[prefix]} for prefix, ps in parts.items() if ps]
+        groups = prefix_groups(self.model, o.lr, {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult,
+                                                  "": 1.0})
         fused = ctx.device.type == "cuda"  # one kernel per step for all parameters
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         self.sched_g = make_scheduler(self.opt_g, o, run.max_steps)
         if self.disc is not None:
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=recipe.discriminator.lr,
                                           betas=recipe.discriminator.betas, fused=fused)
-            self.sched_d = make_scheduler(self.opt_d, o, run.max_steps)
+            self.sched_d = make_scheduler(self.opt_d, o, run.max_steps, recipe.discriminator.warmup_steps)
         self.scaler = ctx.grad_scaler()
         self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
         self.train_disc = ctx.wrap(self.disc) if self.disc is not None else None
@@ -147,6 +116,9 @@ class TokenizerTask:
     def train_dataset(self) -> VideoClipDataset:
         return self.train_set
 
+    def close(self) -> None:
+        self.anti.close()
+
     def _clip(self, params: Any, opt: torch.optim.Optimizer) -> float:
         clip = self.recipe.optim.grad_clip
         self.scaler.unscale_(opt)
@@ -154,84 +126,112 @@ class TokenizerTask:
             return 0.0
         return float(torch.nn.utils.clip_grad_norm_(params, clip))
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def _generator_loss(self, video: torch.Tensor, step: int, gan_on: bool) -> tuple[Any, torch.Tensor,
+                                                                                     dict[str, torch.Tensor]]:
+        loss_cfg = self.recipe.loss
+        out = self.train_model(video, step, self.recipe.run.max_steps)
+        recon = out.recon.float()
+        terms = {"pixel": pixel_loss(recon, video, loss_cfg.pixel)}
+        total = loss_cfg.pixel_weight * terms["pixel"]
+        if loss_cfg.l2_weight > 0 and (loss_cfg.l2_steps == 0 or step < loss_cfg.l2_steps):
+            terms["l2"] = pixel_loss(recon, video, "l2")
+            total = total + loss_cfg.l2_weight * terms["l2"]
+        if self.perceptual is not None:
+            terms["lpips"] = self.perceptual(recon, video)
+            total = total + loss_cfg.perceptual_weight * terms["lpips"]
+        if gan_on:
+            self.disc.requires_grad_(False)
+            # The plain module: no discriminator gradient here, so no DDP synchronisation either.
+            terms["g_adv"] = generator_adversarial_loss(loss_cfg.gan_loss, self.disc(recon))
+            total = total + loss_cfg.gan_weight * terms["g_adv"]
+        terms["vq"] = out.vq_loss
+        total = total + loss_cfg.vq_weight * out.vq_loss
+        if out.prior is not None:
+            terms["prior_ce"] = out.prior.loss
+            total = total + loss_cfg.prior_weight_at(step) * out.prior.loss
+        return out, total, terms
+
+    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]], step: int) -> dict[str, float]:
+        """One optimiser step on `batch`, or on the micro-batches of a list (gradients accumulated)."""
         loss_cfg, ctx = self.recipe.loss, self.ctx
-        video = batch["video"].to(ctx.device, non_blocking=True)
-        total_steps = self.recipe.run.max_steps
+        micro = [batch] if isinstance(batch, dict) else list(batch)
+        k = len(micro)
         self.model.train()
         self.anti.before_step(step)
         gan_on = self.disc is not None and step >= loss_cfg.gan_start_step
-        with ctx.autocast():
-            out = self.train_model(video, step, total_steps)
-            recon = out.recon.float()
-            terms = {"pixel": pixel_loss(recon, video, loss_cfg.pixel)}
-            total = loss_cfg.pixel_weight * terms["pixel"]
-            if loss_cfg.l2_weight > 0 and (loss_cfg.l2_steps == 0 or step < loss_cfg.l2_steps):
-                terms["l2"] = pixel_loss(recon, video, "l2")
-                total = total + loss_cfg.l2_weight * terms["l2"]
-            if self.perceptual is not None:
-                terms["lpips"] = self.perceptual(recon, video)
-                total = total + loss_cfg.perceptual_weight * terms["lpips"]
-            if gan_on:
-                self.disc.requires_grad_(False)
-                # The plain module: no discriminator gradient here, so no DDP synchronisation either.
-                terms["g_adv"] = generator_adversarial_loss(loss_cfg.gan_loss, self.disc(recon))
-                total = total + loss_cfg.gan_weight * terms["g_adv"]
-            terms["vq"] = out.vq_loss
-            total = total + loss_cfg.vq_weight * out.vq_loss
-            if out.prior is not None:
-                terms["prior_ce"] = out.prior.loss
-                total = total + loss_cfg.prior_weight_at(step) * out.prior.loss
-        metrics = {k: float(v.detach()) for k, v in terms.items()}
-        metrics["loss"] = float(total.detach())
-        if not math.isfinite(metrics["loss"]):
-            return metrics  # the engine stops before any weight is touched
+        rows, videos, recons, indices, top1 = [], [], [], [], []
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        for i, b in enumerate(micro):
+            video = b["video"].to(ctx.device, non_blocking=True)
+            with ctx.no_sync(self.train_model, sync=i == k - 1):
+                with ctx.autocast():
+                    out, total, terms = self._generator_loss(video, step, gan_on)
+                metrics = {name: float(v.detach()) for name, v in terms.items()}
+                metrics["loss"] = float(total.detach())
+                if not math.isfinite(metrics["loss"]):
+                    return metrics  # the engine stops before any weight is touched
+                self.scaler.scale(total if k == 1 else total / k).backward()
+            rows.append(metrics)
+            videos.append(video)
+            recons.append(out.recon.float().detach())
+            indices.append(out.indices)
+            if out.prior is not None:
+                top1.append(float(out.prior.top1))
+        metrics = _mean(rows)
         metrics["grad_norm"] = self._clip(self.model.parameters(), self.opt_g)
         self.scaler.step(self.opt_g)
         self.sched_g.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        if out.prior is not None:
-            metrics["prior_top1"] = float(out.prior.top1)
-        indices = out.indices
+        if top1:
+            metrics["prior_top1"] = sum(top1) / len(top1)
+        codes = indices[0] if k == 1 else torch.cat(indices)
         if ctx.distributed:  # every rank counts every rank's codes, so they agree on usage and dead codes
-            gathered = [torch.empty_like(indices) for _ in range(ctx.world_size)]
-            dist.all_gather(gathered, indices.contiguous())  # (gloo has no all_gather_into_tensor)
-            indices = torch.stack(gathered)
-        metrics.update(self.anti.after_step(step, indices, self.opt_g))
+            gathered = [torch.empty_like(codes) for _ in range(ctx.world_size)]
+            dist.all_gather(gathered, codes.contiguous())  # (gloo has no all_gather_into_tensor)
+            codes = torch.stack(gathered)
+        metrics.update(self.anti.after_step(step, codes, self.opt_g))
         if ctx.distributed and self.recipe.codebook.dead_code_steps > 0:
             # Re-initialised rows come from each rank's own latents: take rank 0's everywhere.
-            dist.broadcast(self.model.bottleneck.regularizer.embedding.weight.data, src=0)
-        if gan_on and step % loss_cfg.disc_every == 0:
-            metrics.update(self._disc_step(video, recon.detach()))
+            for param in quantizer_of(self.model).parameters():
+                dist.broadcast(param.data, src=0)
+        if self.disc is not None and step >= loss_cfg.disc_start and step % loss_cfg.disc_every == 0:
+            metrics.update(self._disc_step(videos, recons))
         self.scaler.update()
         metrics["lr"] = self.sched_g.get_last_lr()[0]
         return metrics
 
-    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        """One discriminator update on the step's own reconstruction (shared, detached)."""
+    def _disc_step(self, reals: list[torch.Tensor], fakes: list[torch.Tensor]) -> dict[str, float]:
+        """One discriminator update on the step's own reconstructions (shared, detached)."""
         loss_cfg, ctx = self.recipe.loss, self.ctx
+        k = len(reals)
         self.disc.requires_grad_(True)
-        real = real.detach().requires_grad_(loss_cfg.r1_weight > 0)
-        with ctx.autocast():
-            real_logits = self.train_disc(real)
-            fake_logits = self.train_disc(fake)
-            d_loss = discriminator_loss(loss_cfg.gan_loss, real_logits, fake_logits)
-            self.lecam.update(real_logits, fake_logits)
-            lecam = self.lecam.penalty(real_logits, fake_logits)
-            total = d_loss + loss_cfg.lecam_weight * lecam
-            if loss_cfg.r1_weight > 0:
-                total = total + loss_cfg.r1_weight / 2 * r1_penalty(real_logits, real)
+        if k > 1:  # LeCam's averages take the means over the whole batch, as one batch would
+            with torch.no_grad(), ctx.autocast():
+                self.lecam.update(torch.cat([self.disc(r) for r in reals]), torch.cat([self.disc(f) for f in fakes]))
+        rows = []
         self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        for i in range(k):
+            real = reals[i].detach().requires_grad_(loss_cfg.r1_weight > 0)
+            with ctx.no_sync(self.train_disc, sync=i == k - 1):
+                with ctx.autocast():
+                    real_logits = self.train_disc(real)
+                    fake_logits = self.train_disc(fakes[i])
+                    d_loss = discriminator_loss(loss_cfg.gan_loss, real_logits, fake_logits)
+                    if k == 1:
+                        self.lecam.update(real_logits, fake_logits)
+                    lecam = self.lecam.penalty(real_logits, fake_logits)
+                    total = d_loss + loss_cfg.lecam_weight * lecam
+                    if loss_cfg.r1_weight > 0:
+                        total = total + loss_cfg.r1_weight / 2 * r1_penalty(real_logits, real)
+                self.scaler.scale(total if k == 1 else total / k).backward()
+            rows.append({"d_loss": float(d_loss.detach()), "lecam": float(lecam.detach()),
+                         "d_real": float(real_logits.detach().float().mean()),
+                         "d_fake": float(fake_logits.detach().float().mean())})
         self._clip(self.disc.parameters(), self.opt_d)
         self.scaler.step(self.opt_d)
         self.sched_d.step()
-        return {"d_loss": float(d_loss.detach()), "lecam": float(lecam.detach()),
-                "d_real": float(real_logits.detach().float().mean()),
-                "d_fake": float(fake_logits.detach().float().mean())}
+        return _mean(rows)
 
     @torch.no_grad()
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
@@ -283,7 +283,7 @@ class TokenizerTask:
             "model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(),
             "sched_g": self.sched_g.state_dict(), "scaler": self.scaler.state_dict(),
             "codebook": self.anti.state_dict(),
-            "temperature": float(self.model.bottleneck.regularizer.temperature),
+            "temperature": float(quantizer_of(self.model).temperature),
         }
         if self.disc is not None:
             state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(),
@@ -298,7 +298,7 @@ class TokenizerTask:
         self.sched_g.load_state_dict(state["sched_g"])
         self.scaler.load_state_dict(state["scaler"])
         self.anti.load_state_dict(state["codebook"])
-        self.model.bottleneck.regularizer.temperature = state["temperature"]
+        quantizer_of(self.model).set_temperature(state["temperature"])
         if self.disc is not None:
             self.disc.load_state_dict(state["disc"])
             self.opt_d.load_state_dict(state["opt_d"])
