@@ -111,7 +111,7 @@ def test_npz_round_trip_is_exact(tmp_path: Path):
 @pytest.mark.parametrize("case, message", [
     ("missing_key", r"missing keys \['outer_sum'\]"),
     ("bad_shape", r"shapes must be \(D,\) and \(D, D\), found \(4,\) and \(4, 3\)"),
-    ("pickled", "Object arrays cannot be loaded"),
+    ("pickled", r"array 'feature_sum' holds Python objects"),
     ("garbage", "is not valid feature statistics"),
     ("npy", "a single .npy array"),
     ("negative", "count must be a non-negative integer"),
@@ -140,6 +140,56 @@ def test_bad_npz_files_are_refused(tmp_path: Path, case: str, message: str):
 def test_missing_npz_names_the_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="nope.npz does not exist"):
         FeatureStats.load(tmp_path / "nope.npz")
+
+
+def _npz_with_member(path: Path, name: str, header_shape: tuple[int, ...], payload: bytes) -> None:
+    """An .npz whose member `name` has a .npy header declaring `header_shape` float64, then `payload`."""
+    import io
+    import zipfile
+
+    good = {"count": np.int64(3), "feature_sum": np.zeros(4), "outer_sum": np.zeros((4, 4))}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in good.items():
+            buffer = io.BytesIO()
+            if key == name:
+                np.lib.format.write_array_header_1_0(
+                    buffer, {"descr": "<f8", "fortran_order": False, "shape": header_shape})
+                buffer.write(payload)
+            else:
+                np.save(buffer, value)
+            zf.writestr(f"{key}.npy", buffer.getvalue())
+
+
+def test_a_member_declaring_gigabytes_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "bomb.npz"
+    _npz_with_member(path, "outer_sum", (1 << 15, 1 << 15), b"\0" * 64)  # declares 8 GiB, holds 64 bytes
+    reads = []
+    real_read = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, **k: reads.append(1) or real_read(f, **k))
+    with pytest.raises(ValueError, match=r"array 'outer_sum' declares \(32768, 32768\) float64 "
+                                         r"\(8,589,934,592 bytes\), more than the 128 bytes allowed"):
+        FeatureStats.load(path)
+    assert len(reads) == 2  # count and feature_sum; outer_sum was refused from its header
+    assert path.stat().st_size < 2000
+
+
+def test_a_member_inflating_beyond_its_header_is_refused(tmp_path: Path):
+    path = tmp_path / "bomb.npz"
+    _npz_with_member(path, "outer_sum", (4, 4), b"\0" * (4 << 20))  # 16 values, then 4 MiB of zeros
+    assert path.stat().st_size < 20_000
+    with pytest.raises(ValueError, match=r"array 'outer_sum' unpacks to 4,194,.* bytes, more than its 128 bytes"):
+        FeatureStats.load(path)
+
+
+def test_saved_statistics_honour_the_umask(tmp_path: Path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = FeatureStats(dim=3).add(np.ones((2, 3))).save(tmp_path / "stats.npz")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
 
 
 # ------------------------------------------------------------------------------------------ detector file
@@ -193,6 +243,15 @@ def test_offline_without_a_file_gives_one_clear_error(trusted_standin: Path):
                    "network disabled in tests"):
         assert needle in text
     assert list(fvd.cache_dir().iterdir()) == []  # no partial download left
+
+
+def test_offline_mode_tries_no_mirror(trusted_standin: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(fvd, "_download_dropbox", lambda dest: pytest.fail("tried Dropbox"))
+    monkeypatch.setattr(fvd, "_download_hf", lambda dest: pytest.fail("tried Hugging Face"))
+    with pytest.raises(DetectorError, match="HF_HUB_OFFLINE is set, so nothing was downloaded.*Download it on a "
+                                            "connected machine"):
+        fvd.load_detector()
 
 
 def test_download_verifies_then_renames(trusted_standin: Path, monkeypatch: pytest.MonkeyPatch):

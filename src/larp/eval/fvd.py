@@ -1,24 +1,24 @@
 """Fréchet Video Distance: the I3D detector (found, verified, loaded), feature statistics and the distance.
 
-The detector is the TorchScript port of the TF-Hub I3D used by StyleGAN-V and LARP (spec section 4).
+The detector is the TorchScript port of the TF-Hub I3D used by StyleGAN-V and LARP.
 Loading TorchScript runs code from the file, so every file is checked against the pinned size and SHA-256
-before `torch.jit.load` sees it; a file that does not match is refused."""
+before `torch.jit.load` sees it; a file that does not match is refused. Statistics files are plain .npz
+arrays, never unpickled, read within size limits."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
+
+from larp.utils.files import NpzArchive, atomic_write_bytes, offline_mode, sha256_of
 
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_SIZE = 51_235_320
@@ -28,6 +28,7 @@ I3D_HF_REPO = "flateon/FVD-I3D-torchscript"
 I3D_FEATURE_DIM = 400
 ENV_I3D_PATH = "LARP_I3D_PATH"
 ENV_CACHE = "LARP_CACHE"
+MAX_STATS_DIM = 8192  # feature statistics of up to 8,192 dimensions (I3D: 400); Σxᵀx is then 512 MiB
 
 # SHA-256 -> size of the detector files this module agrees to load. Only the official file is listed;
 # tests add the hash of a stand-in they build (monkeypatch.setitem), which no user input can do.
@@ -43,14 +44,6 @@ def cache_dir() -> Path:
     """`$LARP_CACHE`, else `~/.cache/larp`."""
     env = os.environ.get(ENV_CACHE)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "larp"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_detector_file(path: str | os.PathLike) -> Path:
@@ -96,22 +89,18 @@ def _missing_message(target: Path, failures: list[str]) -> str:
 
 
 def download_detector(target: Path) -> Path:
-    """Fetch the detector from the mirrors into `target`: temp file, size and hash check, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Fetch the detector from the mirrors into `target`: temp file, size and hash check, then rename.
+
+    With HF_HUB_OFFLINE set nothing is tried: one error says where to put the file."""
+    if offline_mode():
+        raise DetectorError(_missing_message(target, ["HF_HUB_OFFLINE is set, so nothing was downloaded"]))
     failures: list[str] = []
     for name, fetch in (("Dropbox", _download_dropbox), ("Hugging Face", _download_hf)):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            fetch(tmp)
-            verify_detector_file(tmp)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, lambda tmp: (fetch(Path(tmp)), verify_detector_file(tmp)))  # noqa: B023
             return target
         except Exception as exc:  # any mirror failure: record it and try the next one
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DetectorError(_missing_message(target, failures))
 
 
@@ -263,15 +252,12 @@ class FeatureStats:
     def save(self, path: str | os.PathLike) -> Path:
         """Write an .npz (plain arrays, no pickle) atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
                 np.savez(f, count=np.int64(self.count), feature_sum=self.feature_sum, outer_sum=self.outer_sum)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        atomic_write_bytes(path, write)
         return path
 
     @classmethod
@@ -281,15 +267,18 @@ class FeatureStats:
         if not path.is_file():
             raise FileNotFoundError(f"feature statistics file {path} does not exist")
         try:
-            data = np.load(path, allow_pickle=False)  # never unpickle: object arrays raise ValueError
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive")
-            with data:
-                missing = [k for k in STATS_KEYS if k not in data.files]
+            with open(path, "rb") as f:
+                if f.read(6) == b"\x93NUMPY":
+                    raise ValueError("a single .npy array, not an .npz archive")
+            with NpzArchive(path) as data:  # never unpickled; sizes checked before reading
+                missing = [k for k in STATS_KEYS if k not in data.names]
                 if missing:
-                    raise ValueError(f"missing keys {missing} (found {sorted(data.files)})")
-                count, fsum, osum = (data[k] for k in STATS_KEYS)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                    raise ValueError(f"missing keys {missing} (found {data.names})")
+                count = data.read("count", 8)
+                fsum = data.read("feature_sum", 8 * MAX_STATS_DIM)
+                dim = fsum.shape[0] if fsum.ndim == 1 else MAX_STATS_DIM
+                osum = data.read("outer_sum", 8 * dim * dim)
+        except (ValueError, OSError) as exc:
             raise ValueError(f"{path} is not valid feature statistics ({exc}); expected {expected}") from exc
         problems = []
         if count.shape != () or not np.issubdtype(count.dtype, np.integer) or int(count) < 0:
