@@ -130,3 +130,42 @@ def test_trust_helper_is_scoped_to_the_test(standin_file: Path, monkeypatch: pyt
         assert fvd.verify_detector_file(standin_file) == standin_file
     with pytest.raises(fvd.DetectorError, match="refusing to load"):
         fvd.verify_detector_file(standin_file)
+
+
+def test_eval_tokenizer_without_the_detector(tiny_videos: Path, tmp_path: Path, capsys):
+    """--no_fvd: PSNR and SSIM without the I3D file (the autouse fixture makes every download fail)."""
+    folder = str(official("tokenizer_tiny"))
+    csv = str(tiny_videos / "data.csv")
+    argv = ["eval", "tokenizer", "--tokenizer", folder, "--dataset_csv", csv, "--no_lpips", "--device", "cpu",
+            "--num_clips", "2"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("larp eval tokenizer: error: the I3D detector i3d_torchscript.pt")
+    assert str(tmp_path / "larp-cache" / fvd.I3D_FILENAME) in err and "--no_fvd" in err  # where, and the way out
+    out = tmp_path / "m.json"
+    assert main([*argv, "--no-fvd", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert sorted(result["metrics"]) == ["psnr", "ssim"] and result["protocol"]["detector"] is None
+    assert capsys.readouterr().out.startswith(f"PSNR {result['metrics']['psnr']:.3f}  SSIM")
+    assert main([*argv, "--no_fvd", "-o", str(out)]) == 1  # the JSON exists
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--no_fvd", "-o", str(out), "--overwrite", "--seed", "1"]) == 0
+
+
+def test_fvd_checks_numbers_and_outputs(trusted_standin: Path, video_folders, tmp_path: Path, capsys):
+    real, fake = video_folders
+    with pytest.raises(SystemExit) as exc:
+        main(["fvd", str(real), str(fake), "--num-frames", "0"])
+    assert exc.value.code == 2 and "expected an integer >= 1, got '0'" in capsys.readouterr().err
+    (tmp_path / "stats").mkdir()
+    (tmp_path / "stats" / "fake.npz").write_bytes(b"old")
+    assert main(["fvd", str(real), str(fake), "--stats-dir", str(tmp_path / "stats"),
+                 "--i3d-path", str(trusted_standin)]) == 1
+    assert capsys.readouterr().err == (f"larp fvd: error: {tmp_path / 'stats' / 'fake.npz'} exists already (file); "
+                                       "pass --overwrite to replace it\n")
+
+
+def test_the_command_line_names_the_detector_variable():
+    from larp.eval.commands import ENV_I3D_PATH
+
+    assert ENV_I3D_PATH == fvd.ENV_I3D_PATH

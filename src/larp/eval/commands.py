@@ -1,33 +1,34 @@
-"""`larp fvd REAL FAKE` and `larp eval tokenizer`."""
+"""`larp fvd REAL FAKE` and `larp eval tokenizer`.
+
+Light at import (argparse only): torch, the detector and the models load when a command runs."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from larp.data.datasets import VideoClipDataset
-from larp.data.prepare import VIDEO_EXTENSIONS, VideoRow
-from larp.eval import fvd as fvd_lib
-from larp.eval.metrics import LPIPSWeightsError
-from larp.eval.protocols import PROTOCOLS, evaluate_tokenizer, video_feature_stats
-from larp.utils.device import resolve_device
-from larp.utils.errors import CheckpointError
-from larp.utils.files import write_json
+from larp.utils import cli as opts
 
-# Errors that describe bad input; the command prints them without a traceback.
-USER_ERRORS = (fvd_lib.DetectorError, LPIPSWeightsError, CheckpointError, FileNotFoundError, ValueError)
+if TYPE_CHECKING:
+    from larp.data.prepare import VideoRow
+    from larp.eval import fvd as fvd_lib
 
+ENV_I3D_PATH = "LARP_I3D_PATH"  # larp.eval.fvd.ENV_I3D_PATH (a test keeps them equal)
 
 
 def list_videos(folder: Path) -> list[VideoRow]:
     """Every video file under `folder` (recursively, sorted by path), unlabelled."""
+    from larp.data.prepare import VIDEO_EXTENSIONS, VideoRow
+
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
     return [VideoRow(id=p.stem, path=str(p), action="", label=-1) for p in files]
 
 
 def _check_input(path: Path) -> list[VideoRow] | None:
     """Rows of a video folder, or None for an .npz statistics file; anything else is an error."""
+    from larp.data.prepare import VIDEO_EXTENSIONS
+
     if path.is_dir():
         rows = list_videos(path)
         if len(rows) < 2:
@@ -39,16 +40,28 @@ def _check_input(path: Path) -> list[VideoRow] | None:
     raise FileNotFoundError(f"{path} is neither a folder of videos nor an .npz statistics file")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--i3d_path", default=None,
-                   help=f"the I3D detector file (default: ${fvd_lib.ENV_I3D_PATH}, then the cache, then a "
-                        "verified download)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers reading videos")
-    p.add_argument("--seed", type=int, default=0, help="seeds each video's clip start")
-    p.add_argument("--out", default=None, help="also write the result as JSON to this file")
-    p.add_argument("--stats_dir", default=None, help="also save the feature statistics (.npz) here")
+def _check_outputs(args: argparse.Namespace, stats_names: list[str]) -> None:
+    """Refuse, before any work, to replace the JSON or statistics files without --overwrite."""
+    if args.out:
+        opts.check_output(args.out, args.overwrite)
+    if args.stats_dir:
+        for name in stats_names:
+            opts.check_output(Path(args.stats_dir) / f"{name}.npz", args.overwrite)
+
+
+def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
+    opts.add_option(p, "i3d_path", default=None, metavar="FILE",
+                    help=f"the I3D detector file (default: ${ENV_I3D_PATH}, then ~/.cache/larp/"
+                         "i3d_torchscript.pt, then a verified download)")
+    opts.add_device(p)
+    opts.add_batch_size(p, batch_size, help="clips per forward pass")
+    opts.add_num_workers(p)
+    opts.add_seed(p, help="seeds each video's clip start")
+    opts.add_output(p, required=False, metavar="JSON", help="also write the result as JSON to this file "
+                                                            "(default: print only)")
+    opts.add_option(p, "stats_dir", default=None, metavar="FOLDER",
+                    help="also save the feature statistics (.npz) here (default: not saved)")
+    opts.add_overwrite(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,12 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="FVD between REAL and FAKE, each a folder of videos (searched recursively; one clip per "
                     "video, shorter side resized to --size, centre crop) or an .npz of feature statistics "
                     "saved by larp (statistics merge across shards by adding sums).")
-    p.add_argument("real")
-    p.add_argument("fake")
-    p.add_argument("--num_frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=128)
-    _add_common(p)
+    p.add_argument("real", help="folder of real videos, or real statistics (.npz)")
+    p.add_argument("fake", help="folder of generated videos, or their statistics (.npz)")
+    opts.add_option(p, "num_frames", type=opts.positive_int, default=16, help="frames per clip")
+    opts.add_option(p, "size", type=opts.positive_int, default=128, help="clip width and height")
+    _add_common(p, batch_size=8)
     p.set_defaults(func=run_fvd)
+
+    from larp.eval.protocols import PROTOCOLS
 
     ev = sub.add_parser("eval", help="evaluate a model (see `larp eval tokenizer -h`)")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
@@ -71,21 +86,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reconstruct one seeded clip per video of a dataset CSV and report rFVD, PSNR, SSIM and "
                     "LPIPS, with the protocol written next to the numbers. Protocols: "
                     + "; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()))
-    t.add_argument("--tokenizer", required=True, help="a tokenizer folder or Hugging Face repo id")
-    t.add_argument("--dataset_csv", required=True,
-                   help="the metadata CSV, or a folder holding the protocol's CSV (ucf101_train1.csv, ...)")
-    t.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper")
-    t.add_argument("--num_clips", type=int, default=None, help="a seeded subset of the videos (default: all)")
-    t.add_argument("--use_amp", action="store_true", help="mixed precision for the tokenizer")
+    opts.add_tokenizer(t)
+    opts.add_dataset_csv(t, help="the metadata CSV, or a folder holding the protocol's CSV "
+                                 "(ucf101_train1.csv, ...)")
+    opts.add_option(t, "protocol", choices=sorted(PROTOCOLS), default="paper", help="evaluation protocol")
+    opts.add_option(t, "num_clips", type=opts.positive_int, default=None,
+                    help="a seeded subset of the videos (default: all)")
+    opts.add_option(t, "use_amp", action="store_true", help="mixed precision for the tokenizer")
     t.add_argument("--det", action=argparse.BooleanOptionalAction, default=True,
-                   help="deterministic (argmax) quantisation, the protocol's default; --no-det samples codes")
-    t.add_argument("--no_lpips", action="store_true", help="skip LPIPS (it needs the VGG-16 ImageNet weights)")
-    _add_common(t)
-    t.set_defaults(func=run_eval_tokenizer, batch_size=8)
+                   help="deterministic (argmax) quantisation, the protocol's choice; --no-det samples codes")
+    opts.add_option(t, "no_lpips", action="store_true", help="skip LPIPS (it needs the VGG-16 ImageNet weights)")
+    opts.add_option(t, "no_fvd", action="store_true", help="skip rFVD (it needs the I3D detector file)")
+    _add_common(t, batch_size=8)
+    t.set_defaults(func=run_eval_tokenizer)
 
 
 def _stats_for(path: Path, rows: list[VideoRow] | None, extractor: fvd_lib.I3DFeatureExtractor | None,
                args: argparse.Namespace) -> fvd_lib.FeatureStats:
+    from larp.data.datasets import VideoClipDataset
+    from larp.eval import fvd as fvd_lib
+    from larp.eval.protocols import video_feature_stats
+
     if rows is None:
         return fvd_lib.FeatureStats.load(path)
     dataset = VideoClipDataset(rows, num_frames=args.num_frames, size=args.size, train=False, seed=args.seed)
@@ -93,20 +114,21 @@ def _stats_for(path: Path, rows: list[VideoRow] | None, extractor: fvd_lib.I3DFe
 
 
 def run_fvd(args: argparse.Namespace) -> int:
-    try:
-        real, fake = Path(args.real), Path(args.fake)
-        inputs = {"real": (real, _check_input(real)), "fake": (fake, _check_input(fake))}
-        extractor, detector_record = None, None
-        if any(rows is not None for _, rows in inputs.values()):
-            device = resolve_device(args.device)
-            path = fvd_lib.resolve_detector_path(args.i3d_path)
-            extractor = fvd_lib.I3DFeatureExtractor(fvd_lib.load_detector(path, device), args.batch_size)
-            detector_record = {"path": str(path), "sha256": fvd_lib.sha256_of(path)}
-        stats = {name: _stats_for(path, rows, extractor, args) for name, (path, rows) in inputs.items()}
-        value = fvd_lib.fvd(stats["real"], stats["fake"])
-    except USER_ERRORS as exc:
-        print(f"larp fvd: error: {exc}", file=sys.stderr)
-        return 1
+    from larp.eval import fvd as fvd_lib
+    from larp.utils.device import resolve_device
+    from larp.utils.files import write_json
+
+    real, fake = Path(args.real), Path(args.fake)
+    inputs = {"real": (real, _check_input(real)), "fake": (fake, _check_input(fake))}
+    _check_outputs(args, [name for name, (_, rows) in inputs.items() if rows is not None])
+    extractor, detector_record = None, None
+    if any(rows is not None for _, rows in inputs.values()):
+        device = resolve_device(args.device)
+        path = fvd_lib.resolve_detector_path(args.i3d_path)
+        extractor = fvd_lib.I3DFeatureExtractor(fvd_lib.load_detector(path, device), args.batch_size)
+        detector_record = {"path": str(path), "sha256": fvd_lib.sha256_of(path)}
+    stats = {name: _stats_for(path, rows, extractor, args) for name, (path, rows) in inputs.items()}
+    value = fvd_lib.fvd(stats["real"], stats["fake"])
     if args.stats_dir:
         for name, (_, rows) in inputs.items():
             if rows is not None:
@@ -126,24 +148,25 @@ def run_fvd(args: argparse.Namespace) -> int:
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> int:
+    from larp.eval.protocols import evaluate_tokenizer
     from larp.models.tokenizer import LARPTokenizer
+    from larp.utils.device import resolve_device
+    from larp.utils.files import write_json
 
-    try:
-        tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
-        result = evaluate_tokenizer(
-            tokenizer, args.dataset_csv, protocol=args.protocol, num_clips=args.num_clips, seed=args.seed,
-            batch_size=args.batch_size, device=resolve_device(args.device), use_amp=args.use_amp,
-            deterministic=args.det, detector=args.i3d_path, lpips=not args.no_lpips,
-            num_workers=args.num_workers, stats_dir=args.stats_dir)
-    except USER_ERRORS as exc:
-        print(f"larp eval tokenizer: error: {exc}", file=sys.stderr)
-        return 1
+    _check_outputs(args, [] if args.no_fvd else ["real", "recon"])
+    tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
+    result: dict[str, Any] = evaluate_tokenizer(
+        tokenizer, args.dataset_csv, protocol=args.protocol, num_clips=args.num_clips, seed=args.seed,
+        batch_size=args.batch_size, device=resolve_device(args.device), use_amp=args.use_amp,
+        deterministic=args.det, detector=args.i3d_path, lpips=not args.no_lpips, fvd=not args.no_fvd,
+        num_workers=args.num_workers, stats_dir=args.stats_dir)
     result["tokenizer"] = args.tokenizer
     m = result["metrics"]
-    line = f"rFVD {m['rfvd']:.3f}  PSNR {m['psnr']:.3f}  SSIM {m['ssim']:.4f}"
+    parts = [f"rFVD {m['rfvd']:.3f}"] if "rfvd" in m else []
+    parts += [f"PSNR {m['psnr']:.3f}", f"SSIM {m['ssim']:.4f}"]
     if "lpips" in m:
-        line += f"  LPIPS {m['lpips']:.4f}"
-    print(f"{line}  ({result['protocol']['num_clips']} clips, protocol {args.protocol})")
+        parts.append(f"LPIPS {m['lpips']:.4f}")
+    print(f"{'  '.join(parts)}  ({result['protocol']['num_clips']} clips, protocol {args.protocol})")
     if args.out:
         write_json(args.out, result)
     return 0

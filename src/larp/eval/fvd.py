@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from larp.utils.errors import LarpError
 from larp.utils.files import NpzArchive, atomic_write_bytes, offline_mode, sha256_of
 
 I3D_FILENAME = "i3d_torchscript.pt"
@@ -35,7 +36,7 @@ MAX_STATS_DIM = 8192  # feature statistics of up to 8,192 dimensions (I3D: 400);
 TRUSTED_DETECTORS: dict[str, int] = {I3D_SHA256: I3D_SIZE}
 
 
-class DetectorError(RuntimeError):
+class DetectorError(LarpError):
     """The I3D detector file is missing, cannot be fetched, or is not the expected file."""
 
 
@@ -85,7 +86,7 @@ def _missing_message(target: Path, failures: list[str]) -> str:
         f"the I3D detector {I3D_FILENAME} ({I3D_SIZE:,} bytes, SHA-256 {I3D_SHA256}) was not found and could "
         f"not be downloaded ({tried}). Download it on a connected machine from {I3D_DROPBOX_URL} or "
         f"https://huggingface.co/{I3D_HF_REPO} (file {I3D_FILENAME}), then put it at {target}, or set "
-        f"{ENV_I3D_PATH}, or pass --i3d_path")
+        f"{ENV_I3D_PATH}, or pass --i3d_path; or leave FVD out with --no_fvd (larp eval tokenizer, larp sample)")
 
 
 def download_detector(target: Path) -> Path:

@@ -135,8 +135,10 @@ def evaluate_tokenizer(
     num_workers: int = 0,
     stats_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    fvd: bool = True,
 ) -> dict[str, Any]:
-    """rFVD, PSNR, SSIM (and LPIPS) of `tokenizer` over one clip per video of `dataset_csv`.
+    """rFVD, PSNR, SSIM (and LPIPS) of `tokenizer` over one clip per video of `dataset_csv`;
+    `fvd=False` leaves rFVD out (no I3D detector needed).
 
     Clip size and length follow the tokenizer (the released one takes 16x128x128, the protocol's clips).
     Every check (CSV, clip count, detector, LPIPS weights) runs before the first clip is read.
@@ -149,7 +151,7 @@ def evaluate_tokenizer(
     if len(rows) != proto.expected_videos:
         log.info("%s lists %d videos; the %r protocol on UCF-101 split 1 has %d", csv_path, len(rows),
                  proto.name, proto.expected_videos)
-    det_module, det_record = _detector_record(detector, device)
+    det_module, det_record = _detector_record(detector, device) if fvd else (None, None)
     lpips_metric = LPIPSMetric(device) if lpips is True else (lpips or None)
 
     _, frames, size, _ = tokenizer.video_shape
@@ -159,23 +161,26 @@ def evaluate_tokenizer(
     generator = None if deterministic else torch.Generator(device).manual_seed(seed)
     real_stats, recon_stats = fvd_lib.FeatureStats(), fvd_lib.FeatureStats()
     sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
+    count = 0
     for batch in tqdm(loader, desc=f"rFVD ({proto.name})", unit="batch", disable=not progress):
         video = batch["video"].to(device)
         with autocast(device, amp_dtype(device, use_amp)):
             recon = reconstruct(tokenizer, video, deterministic, generator)
         recon = recon.float().clamp(0, 1)
-        real_stats.add(fvd_lib.extract_features(det_module, video))
-        recon_stats.add(fvd_lib.extract_features(det_module, recon))
+        if det_module is not None:
+            real_stats.add(fvd_lib.extract_features(det_module, video))
+            recon_stats.add(fvd_lib.extract_features(det_module, recon))
+        count += video.shape[0]
         sums["psnr"] += psnr(recon, video).sum().item()
         sums["ssim"] += ssim(recon, video).sum().item()
         if lpips_metric is not None:
             sums["lpips"] += lpips_metric(recon, video).sum().item()
-    count = real_stats.count
-    metrics = {"rfvd": fvd_lib.fvd(real_stats, recon_stats), "psnr": sums["psnr"] / count,
-               "ssim": sums["ssim"] / count}
+    metrics = {"psnr": sums["psnr"] / count, "ssim": sums["ssim"] / count}
+    if det_module is not None:
+        metrics = {"rfvd": fvd_lib.fvd(real_stats, recon_stats), **metrics}
     if lpips_metric is not None:
         metrics["lpips"] = sums["lpips"] / count
-    if stats_dir is not None:
+    if stats_dir is not None and det_module is not None:
         real_stats.save(Path(stats_dir) / "real.npz")
         recon_stats.save(Path(stats_dir) / "recon.npz")
     record = {
