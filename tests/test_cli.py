@@ -214,3 +214,17 @@ def test_every_option_has_both_spellings():
                     if other not in action.option_strings and not s.startswith("--no-"):
                         missing.append(f"{prog} {s}")
     assert not missing, "\n".join(missing)
+
+
+def test_sample_takes_the_shared_output_names_and_checks_numbers(capsys):
+    parser = build_parser(load=["sample"])
+    base = ["sample", "--ar_model", "A", "--tokenizer", "T", "--dataset_csv", "D"]
+    for spelling in ("-o", "--out", "--output_dir", "--output-dir"):
+        assert parser.parse_args([*base, spelling, "job"]).output_dir == "job"
+    for option, value, message in (("--cfg_scale", "nan", "expected a finite number, got 'nan'"),
+                                   ("--temperature", "0", "expected a number > 0, got '0'"),
+                                   ("--top_p", "1.5", "expected a number in (0, 1], got '1.5'"),
+                                   ("--ns", "-1", "expected an integer >= 1, got '-1'")):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, "-o", "job", option, value])
+        assert exc.value.code == 2 and message in capsys.readouterr().err, option
