@@ -163,7 +163,6 @@ def test_number_types(kind, good, bad):
             kind(text)
 
 
-@pytest.mark.xfail(reason="the commands move to the shared options next", strict=False)
 def test_bad_numbers_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["synth-data", "out", "--classes", "0"])
@@ -185,9 +184,8 @@ def _all_parsers():
     return [("larp", parser), *((f"larp {n}", p) for n, p in cli._subparsers(parser))]
 
 
-@pytest.mark.xfail(reason="the commands move to the shared options next", strict=False)
 def test_every_option_has_help_with_its_default():
-    flags = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+    flags = (argparse._StoreConstAction, argparse._HelpAction,
              argparse._VersionAction, argparse.BooleanOptionalAction, argparse._SubParsersAction)
     missing = []
     for prog, parser in _all_parsers():
@@ -203,7 +201,6 @@ def test_every_option_has_help_with_its_default():
     assert not missing, "\n".join(missing)
 
 
-@pytest.mark.xfail(reason="the commands move to the shared options next", strict=False)
 def test_every_option_has_both_spellings():
     missing = []
     for prog, parser in _all_parsers():
@@ -228,3 +225,39 @@ def test_sample_takes_the_shared_output_names_and_checks_numbers(capsys):
         with pytest.raises(SystemExit) as exc:
             main([*base, "-o", "job", option, value])
         assert exc.value.code == 2 and message in capsys.readouterr().err, option
+
+
+# --- train ------------------------------------------------------------------------------------------------
+
+def test_train_print_config_shows_the_resolved_recipe(tmp_path, capsys):
+    import yaml
+
+    assert main(["train", "tokenizer", "--config", str(REPO / "configs" / "tiny_synthetic.yaml"),
+                 "optim.lr=0.002", "-o", str(tmp_path / "run"), "--print-config"]) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)
+    assert recipe["optim"]["lr"] == 0.002 and recipe["run"]["out_dir"] == str(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # printed, not trained
+
+
+def test_train_unknown_keys_suggest_the_closest(capsys):
+    recipe = str(REPO / "configs" / "tiny_synthetic.yaml")
+    assert main(["train", "tokenizer", "--config", recipe, "optim.lrr=0.1", "--print-config"]) == 1
+    err = capsys.readouterr().err
+    assert err == "larp train: error: override 'optim.lrr=0.1': unknown key 'optim.lrr'; did you mean 'optim.lr'?\n"
+    assert main(["train", "tokenizer", "--config", recipe, "run.max_step=3", "--print_config"]) == 1
+    assert "did you mean 'run.max_steps'?" in capsys.readouterr().err
+
+
+def test_config_keys_suggest_the_closest():
+    import dataclasses
+
+    from larp.utils.config import ConfigError, from_dict
+
+    @dataclasses.dataclass
+    class Optim:
+        lr: float = 1.0
+        warmup_steps: int = 0
+
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['warmup_step', 'zzz'\]; did you mean "
+                                          r"'warmup_step' -> 'warmup_steps'\?; known keys are \['lr', "):
+        from_dict(Optim, {"warmup_step": 3, "zzz": 1}, "optim")

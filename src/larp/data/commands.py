@@ -119,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "textured background, as mp4 clips under OUT/videos/ with "
                                        "OUT/train.csv and OUT/val.csv.")
     synth.add_argument("out_folder", nargs="?", metavar="OUT", help="output folder (or -o OUT)")
-    opts.add_output(synth, required=False, help="output folder (the same as OUT)")
+    opts.add_output(synth, required=False, help="output folder (the same as OUT; default: OUT)")
     opts.add_option(synth, "classes", type=opts.positive_int, default=10, help="number of classes")
     opts.add_option(synth, "clips_per_class", type=opts.positive_int, default=64, help="clips per class")
     opts.add_option(synth, "frames", type=opts.positive_int, default=16, help="frames per clip")

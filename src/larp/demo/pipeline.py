@@ -331,11 +331,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, overwrite: bool 
 
 def _demo_command(args: Any) -> int:
     cfg = DemoConfig.smoke(args.seed) if args.quick else DemoConfig(seed=args.seed)
-    try:
-        metrics = run_demo(args.out, cfg, overwrite=args.overwrite)
-    except ConfigError as exc:
-        print(f"larp demo: error: {exc}")
-        return 1
+    metrics = run_demo(args.out, cfg, overwrite=args.overwrite)  # errors: one line from larp.cli.main
     print(json.dumps(metrics, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
@@ -345,8 +341,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole method on the synthetic dataset (CPU, minutes)",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier demo in the folder first")
-    p.add_argument("--quick", action="store_true", help="a few steps per stage (a smoke run, figures meaningless)")
-    p.add_argument("--seed", type=int, default=0)
+    from larp.utils import cli as opts
+
+    opts.add_output(p, required=False, default="runs/demo", metavar="FOLDER", help="demo folder")
+    opts.add_overwrite(p, help="delete an earlier demo in the folder first")
+    opts.add_option(p, "quick", action="store_true", help="a few steps per stage (a smoke run, figures meaningless)")
+    opts.add_seed(p, help="seed of the data, the training runs and the samples")
     p.set_defaults(func=_demo_command)

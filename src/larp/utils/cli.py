@@ -26,7 +26,7 @@ T = TypeVar("T")
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 # Actions whose default needs no mention: flags and argparse's own options.
-_FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+_FLAG_ACTIONS = (argparse._StoreConstAction, argparse._HelpAction,
                  argparse._VersionAction, argparse._CountAction, argparse.BooleanOptionalAction)
 
 
@@ -43,7 +43,7 @@ def spellings(name: str) -> list[str]:
 def _with_default(help: str, default: Any, action: str | type | None) -> str:
     if isinstance(action, type) and issubclass(action, _FLAG_ACTIONS):
         return help
-    if action in ("store_true", "store_false", "count", "help", "version"):
+    if action in ("store_true", "store_false", "store_const", "count", "help", "version"):
         return help
     if "default" in help.lower() or default is argparse.SUPPRESS:
         return help

@@ -91,7 +91,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(fields)}")
+        hints = [f"{key!r} -> {close!r}" for key in unknown if (close := did_you_mean(key, fields))]
+        raise ConfigError(f"{where}: unknown key(s) {unknown}"
+                          + (f"; did you mean {', '.join(hints)}?" if hints else "")
+                          + f"; known keys are {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
@@ -112,6 +115,31 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def did_you_mean(word: str, candidates: Any) -> str | None:
+    """The candidate closest to a misspelt `word` (difflib), or None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _key_paths(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key path of a nested dict ('optim.lr', 'run.out_dir', ...)."""
+    if not isinstance(node, dict):
+        return []
+    paths = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        paths.append(path)
+        paths += _key_paths(value, f"{path}.")
+    return paths
+
+
+def _unknown_override(item: str, key: str, data: dict[str, Any]) -> ConfigError:
+    close = did_you_mean(key, _key_paths(data))
+    return ConfigError(f"override {item!r}: unknown key {key!r}" + (f"; did you mean {close!r}?" if close else ""))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, returning a new dict.
 
@@ -129,9 +157,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = out
         for part in parts[:-1]:
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"override {item!r}: unknown key {key!r}")
+                raise _unknown_override(item, key.strip(), data)
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
-            raise ConfigError(f"override {item!r}: unknown key {key!r}")
+            raise _unknown_override(item, key.strip(), data)
         node[parts[-1]] = yaml.safe_load(raw)
     return out
