@@ -272,3 +272,121 @@ def test_write_png_grid_rows_are_clips_columns_are_time(tmp_path):
     # Clip 2, time 3 sits in row 2, column 3 (lossless PNG).
     np.testing.assert_array_equal(grid[2 * 8 : 2 * 8 + 6, 3 * 7 : 3 * 7 + 5], expected[2, 3])
     assert (grid[6:8] == 255).all()  # white gap between rows
+
+
+# ------------------------------------------------------------------------------------- bounded reading
+def _wide_mp4(path, width: int = 8208, height: int = 16, frames: int = 2):
+    """A tiny H.264 file whose frames are wider than larp reads (1.6 KB on disk)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8),
+                                                                   format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_frames_larger_than_the_limit_are_refused_from_the_header(tmp_path, monkeypatch):
+    path = _wide_mp4(tmp_path / "wide.mp4")
+    assert path.stat().st_size < 10_000
+    monkeypatch.setattr(video_io, "_Decoder", lambda *a: pytest.fail("decoding started"))
+    for read in (probe_video, read_video, lambda p: read_clip(p, 2), video_io.VideoReader):
+        with pytest.raises(VideoReadError, match="declares frames of 8208x16; larp reads frames of at most 8192"):
+            read(path)
+
+
+def test_video_reader_streams_in_chunks_of_the_asked_size(videos):
+    path = videos.indexed("long.mp4", 37)
+    with video_io.VideoReader(path) as reader:
+        assert reader.info.num_frames == 37
+        chunks = list(reader.chunks(8))
+    assert [c.shape[0] for c in chunks] == [8, 8, 8, 8, 5]
+    assert videos.ids(np.concatenate(chunks)) == list(range(37))
+    with pytest.raises(ValueError, match="chunk size must be >= 1"):
+        next(video_io.VideoReader(path).chunks(0))
+
+
+def test_read_video_refuses_more_than_max_bytes(videos, monkeypatch):
+    path = videos.indexed("long.mp4", 37)  # 37 frames of 80x32: 284,160 bytes
+    monkeypatch.setattr(video_io, "_Decoder", lambda *a: pytest.fail("decoding started"))
+    with pytest.raises(VideoReadError, match=r"37 frames of 80x32 take 284,160 bytes, more than the 100,000 "
+                                             r"bytes read_video holds in memory; stream it with VideoReader"):
+        read_video(path, max_bytes=100_000)
+
+
+def test_read_video_stops_when_a_file_holds_more_frames_than_declared(videos, monkeypatch):
+    path = videos.indexed("long.mp4", 37)
+    real_probe = video_io._probe
+
+    def understated(container, p):  # a header claiming 10 frames for a stream of 37
+        info, stream = real_probe(container, p)
+        return video_io.VideoInfo(10, info.fps, info.width, info.height), stream
+
+    monkeypatch.setattr(video_io, "_probe", understated)
+    with pytest.raises(VideoReadError, match="more than 11 frames"):
+        read_video(path, max_bytes=11 * 80 * 32 * 3)
+
+
+# ------------------------------------------------------------------------------------- atomic writing
+@pytest.mark.parametrize("fps", [0, -1, 1e12, float("nan"), float("inf"), True])
+def test_writers_refuse_absurd_frame_rates(tmp_path, fps):
+    clip = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"frame rate must be a number in \(0, 1000\]"):
+        write_mp4(tmp_path / "a.mp4", clip, fps=fps)
+    with pytest.raises(ValueError, match=r"frame rate must be a number in \(0, 1000\]"):
+        write_gif(tmp_path / "a.gif", clip, fps=fps)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_mp4_write_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = write_mp4(tmp_path / "out.mp4", np.zeros((3, 8, 8, 3), np.uint8))
+    before = path.read_bytes()
+    real_mux = av.container.OutputContainer.mux
+    calls = []
+
+    def full_disk(self, packets):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_mux(self, packets)
+
+    monkeypatch.setattr(av.container.OutputContainer, "mux", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_mp4(path, np.full((30, 8, 8, 3), 200, np.uint8))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no temporary file left
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="frame size changed"):
+        with video_io.MP4Writer(tmp_path / "new.mp4") as writer:
+            writer.write(np.zeros((8, 8, 3), np.uint8))
+            writer.write(np.zeros((8, 10, 3), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_failed_gif_and_png_writes_leave_nothing(tmp_path, monkeypatch):
+    def full_disk(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"GIF89a")  # part of a file, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    clip = np.zeros((2, 8, 8, 3), np.uint8)
+    for write in (write_gif, write_png_grid):
+        with pytest.raises(OSError, match="No space left on device"):
+            write(tmp_path / "x.out", clip)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import os
+
+    clip = np.zeros((2, 8, 8, 3), np.uint8)
+    old = os.umask(0o027)
+    try:
+        paths = [write_mp4(tmp_path / "a.mp4", clip), write_gif(tmp_path / "a.gif", clip),
+                 write_png_grid(tmp_path / "a.png", clip)]
+    finally:
+        os.umask(old)
+    assert [p.stat().st_mode & 0o777 for p in paths] == [0o640] * 3
+    assert read_video(paths[0])[0].shape == (2, 8, 8, 3)

@@ -4,11 +4,17 @@ Reading returns uint8 frames (T, H, W, 3) in RGB whatever the source pixel forma
 10-bit...); `to_tensor` turns them into the library's float (3, T, H, W) layout in [0, 1]. Clips are read
 by seeking to the key frame before the first wanted frame, so the cost of a clip does not grow with the
 length of the file. Every reading failure raises `VideoReadError` naming the file and the cause.
+
+Memory stays bounded whatever a file declares: frame sizes above `MAX_FRAME_SIDE` are refused from the
+header, `VideoReader` streams a whole video a few frames at a time, and `read_video` (the whole video in
+memory) refuses a video larger than its `max_bytes`. Writers write to a temporary file and rename it, so
+an interrupted write (a full disk, say) leaves no partial file.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,8 +27,17 @@ import torch
 from PIL import Image
 
 from larp.data.transforms import pad_frames
+from larp.utils.files import atomic_write_bytes, default_file_mode
 
 PathLike = str | os.PathLike
+
+# Frames larger than this on either side are refused from the header (8K UHD is 7680x4320): decoding one
+# would take gigabytes, and a tiny file can declare any size.
+MAX_FRAME_SIDE = 8192
+# Frame rates outside (0, MAX_FPS] are refused when writing (and in token files).
+MAX_FPS = 1000.0
+# What `read_video` accepts to hold in memory by default (uint8 RGB); `VideoReader` streams any length.
+READ_VIDEO_MAX_BYTES = 4 << 30
 
 # A header may announce a frame or two more than the stream holds (common in AVI and MP4 files cut by
 # tools); missing frames within this margin of the declared end are padded instead of failing the read.
@@ -111,6 +126,9 @@ def _probe(
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
         raise VideoReadError(path, f"the video stream declares an invalid frame size {width}x{height}")
+    if max(width, height) > MAX_FRAME_SIDE:
+        raise VideoReadError(path, f"the video stream declares frames of {width}x{height}; larp reads frames "
+                                   f"of at most {MAX_FRAME_SIDE} pixels a side")
     return VideoInfo(num_frames=n, fps=fps, width=width, height=height), stream
 
 
@@ -120,8 +138,12 @@ def probe_video(path: PathLike) -> VideoInfo:
         return _probe(container, path)[0]
 
 
-def _frame_rgb(frame: av.VideoFrame) -> np.ndarray:
-    # libswscale converts any pixel format (gray, yuv420p10, odd widths...) to packed RGB.
+def _frame_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    # libswscale converts any pixel format (gray, yuv420p10, odd widths...) to packed RGB. A stream whose
+    # frame size changes midway is scaled to the size its header declares (`size`, W x H), so that every
+    # frame has one shape and no frame is larger than what was checked.
+    if size is not None and (frame.width, frame.height) != size:
+        return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
     return frame.to_ndarray(format="rgb24")
 
 
@@ -277,22 +299,73 @@ def read_clip(
     return pad_frames(frames, num_frames)
 
 
-def read_video(path: PathLike) -> tuple[np.ndarray, float]:
-    """Decode every frame of a file: uint8 (T, H, W, 3) RGB and the frame rate."""
-    with _open(path) as container:
-        info, stream = _probe(container, path)
-        frames = [_frame_rgb(f) for _, f in _Decoder(container, stream, info.fps, path).frames(0)]
-    if not frames:
-        raise VideoReadError(
-            path, f"truncated or corrupt: no frame decoded (header declares {info.num_frames})"
-        )
-    slack = max(_END_SLACK_MIN, int(info.num_frames * _END_SLACK_FRACTION))
-    if len(frames) < info.num_frames - slack:
-        raise VideoReadError(
-            path,
-            f"truncated or corrupt: decoded {len(frames)} of the {info.num_frames} frames the header declares",
-        )
-    return np.stack(frames), info.fps
+class VideoReader:
+    """A video file's frames in order, a chunk at a time: memory holds one chunk, whatever the length.
+
+    `info` is the header's (checked, see `probe_video`); `chunks(n)` yields uint8 arrays (n, H, W, 3),
+    the last one possibly shorter, and raises VideoReadError when the file ends well before the frame
+    count its header declares. Use as a context manager."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        self._container = _open(path)
+        try:
+            self.info, self._stream = _probe(self._container, path)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def chunks(self, size: int, max_frames: int | None = None) -> Iterator[np.ndarray]:
+        """uint8 (size, H, W, 3) chunks of consecutive frames from the first; at most `max_frames` frames."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        info, dims = self.info, (self.info.width, self.info.height)
+        count = 0
+        pending: list[np.ndarray] = []
+        for _, frame in _Decoder(self._container, self._stream, info.fps, self.path).frames(0):
+            if max_frames is not None and count >= max_frames:
+                raise VideoReadError(self.path, f"more than {max_frames:,} frames (the header declares "
+                                                f"{info.num_frames:,})")
+            pending.append(_frame_rgb(frame, dims))
+            count += 1
+            if len(pending) == size:
+                yield np.stack(pending)
+                pending.clear()
+        if pending:
+            yield np.stack(pending)
+        if count == 0:
+            raise VideoReadError(self.path, f"truncated or corrupt: no frame decoded (header declares "
+                                            f"{info.num_frames})")
+        slack = max(_END_SLACK_MIN, int(info.num_frames * _END_SLACK_FRACTION))
+        if count < info.num_frames - slack:
+            raise VideoReadError(self.path, f"truncated or corrupt: decoded {count} of the {info.num_frames} "
+                                            "frames the header declares")
+
+
+def read_video(path: PathLike, max_bytes: int | None = READ_VIDEO_MAX_BYTES) -> tuple[np.ndarray, float]:
+    """Decode every frame of a file into memory: uint8 (T, H, W, 3) RGB and the frame rate.
+
+    A video of more than `max_bytes` of frames (None: no limit) is refused, from its header when it
+    declares that much, else as soon as decoding passes the limit; `VideoReader` streams longer ones."""
+    with VideoReader(path) as reader:
+        info = reader.info
+        frame_bytes = info.width * info.height * 3
+        limit = None if max_bytes is None else max(1, max_bytes // frame_bytes)
+        if limit is not None and info.num_frames > limit:
+            raise VideoReadError(path, f"{info.num_frames:,} frames of {info.width}x{info.height} take "
+                                       f"{info.num_frames * frame_bytes:,} bytes, more than the {max_bytes:,} "
+                                       "bytes read_video holds in memory; stream it with VideoReader")
+        frames = np.concatenate(list(reader.chunks(64, max_frames=limit)))
+    return frames, info.fps
 
 
 # ------------------------------------------------------------------------------------- tensor layout
@@ -349,18 +422,36 @@ def tile_clips(videos: torch.Tensor | np.ndarray, gap: int = 2) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- writing
 
 
+def check_fps(fps: float) -> float:
+    """`fps` as a float if it is a finite rate in (0, MAX_FPS]; a ValueError naming it otherwise."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating, np.integer)) \
+            or not 0 < float(fps) <= MAX_FPS:
+        raise ValueError(f"frame rate must be a number in (0, {MAX_FPS:g}] frames per second, got {fps!r}")
+    return float(fps)
+
+
 class MP4Writer:
     """Streams RGB uint8 frames (H, W, 3) into an H.264 yuv420p mp4.
 
+    The frames go to a temporary file in the same folder, renamed to `path` by `close()`; leaving the
+    `with` block by an exception (or calling `abort()`) removes it, so `path` is complete or untouched.
     yuv420p needs even sizes: odd-sized frames get their last row/column repeated (1 pixel larger)."""
 
     def __init__(
         self, path: PathLike, fps: float = 8, *, crf: int = 18, keyframe_interval: int | None = None
     ) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        rate = Fraction(check_fps(fps)).limit_denominator(1001)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
-        self._container = av.open(self.path, mode="w")
-        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            self._container = av.open(self._tmp, mode="w", format="mp4")
+        except BaseException:
+            os.remove(self._tmp)
+            raise
+        self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.pix_fmt = "yuv420p"
         options = {"crf": str(crf)}
         if keyframe_interval is not None:
@@ -383,19 +474,42 @@ class MP4Writer:
         self._container.mux(self._stream.encode(video_frame))
 
     def close(self) -> None:
-        if self._size is not None:
-            self._container.mux(self._stream.encode(None))
-        self._container.close()
+        """Finish the file and move it to `path` (with the permissions the umask gives new files)."""
+        if not os.path.exists(self._tmp):
+            return  # already closed or aborted
+        try:
+            if self._size is not None:
+                self._container.mux(self._stream.encode(None))
+            self._container.close()
+            os.chmod(self._tmp, default_file_mode())
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop what was written; `path` is left as it was."""
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError, ValueError):
+            pass  # the container may be half-written or already closed: it is being deleted anyway
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
 
     def __enter__(self) -> MP4Writer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_mp4(path: PathLike, video: torch.Tensor | np.ndarray, fps: float = 8, *, crf: int = 18) -> Path:
-    """Write one clip (or a batch side by side) as H.264 yuv420p mp4; see `_as_clips` for accepted inputs."""
+    """Write one clip (or a batch side by side) as H.264 yuv420p mp4; see `_as_clips` for accepted inputs.
+
+    Atomic: a failure leaves no file (and an existing `path` untouched)."""
     frames = tile_clips(video)
     with MP4Writer(path, fps, crf=crf) as writer:
         for frame in frames:
@@ -404,13 +518,12 @@ def write_mp4(path: PathLike, video: torch.Tensor | np.ndarray, fps: float = 8, 
 
 
 def write_gif(path: PathLike, videos: torch.Tensor | np.ndarray, fps: float = 8) -> Path:
-    """Write one clip or a batch side by side as a looping animated GIF."""
+    """Write one clip or a batch side by side as a looping animated GIF, atomically."""
+    duration = max(1, round(1000 / check_fps(fps)))
     frames = tile_clips(videos)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(
-        str(path), save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0
-    )
+    atomic_write_bytes(path, lambda tmp: images[0].save(
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0))
     return Path(path)
 
 
@@ -422,6 +535,5 @@ def write_png_grid(path: PathLike, videos: torch.Tensor | np.ndarray, gap: int =
     for i in range(b):
         for j in range(t):
             grid[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = clips[i, j]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(str(path))
+    atomic_write_bytes(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
     return Path(path)

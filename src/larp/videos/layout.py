@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from larp.data.transforms import short_side_size
+from larp.data.video_io import MAX_FRAME_SIDE
 
 SPATIAL_MODES = ("crop", "cover", "tile")
+MAX_TILES = 65_536  # tiles per window (8K frames in 128-pixel tiles take about 7,000)
 
 
 def plan_windows(num_frames: int, frames_per_window: int) -> list[tuple[int, int]]:
@@ -105,8 +107,8 @@ def plan_layout(height: int, width: int, size: int, spatial: str = "crop",
     and a model taking size×size; `overlap` in pixels between tiles (default size // 4)."""
     if spatial not in SPATIAL_MODES:
         raise ValueError(f"spatial must be one of {', '.join(SPATIAL_MODES)}, got {spatial!r}")
-    if height < 1 or width < 1:
-        raise ValueError(f"frames must be at least 1x1, got {height}x{width}")
+    if height < 1 or width < 1 or max(height, width) > MAX_FRAME_SIDE:
+        raise ValueError(f"frames must be between 1x1 and {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE}, got {height}x{width}")
     if spatial == "crop":
         if overlap:
             raise ValueError(f"overlap applies to the cover and tile layouts, not crop (got {overlap})")
@@ -116,5 +118,8 @@ def plan_layout(height: int, width: int, size: int, spatial: str = "crop",
     overlap = size // 4 if overlap is None else overlap
     rh, rw = short_side_size(height, width, size) if spatial == "cover" else (height, width)
     tops, lefts = plan_tiles(rh, size, overlap), plan_tiles(rw, size, overlap)
+    if len(tops) * len(lefts) > MAX_TILES:
+        raise ValueError(f"{height}x{width} frames would take {len(tops) * len(lefts):,} tiles of {size}x{size} "
+                         f"per window, more than {MAX_TILES:,}")
     tiles = tuple((t, left) for t in tops for left in lefts)
     return SpatialLayout(spatial, (height, width), (rh, rw), (0, 0, rh, rw), tiles, overlap)

@@ -16,8 +16,15 @@ A tokenizer takes clips of exactly T frames of S×S pixels. A whole video is map
   Overlapping tiles are blended with a linear ramp (`tile_weights`), normalised per pixel: a constant stays
   constant and tiles that agree reproduce their content exactly.
 
+Memory is bounded whatever the video's length: the input may be a video file, read window by window
+(`larp.videos.source`); `iter_decode` and `iter_reconstruct` yield the output window by window (a window
+of very large frames in several chunks). Only `decode_tokens` and `reconstruct_video`, which return the
+whole video, hold it all, and they refuse beyond their `max_bytes`.
+
 Token files (`VideoTokens.save`) are .npz archives without pickle: the tokens and one JSON string holding
 everything needed to decode them (tokenizer id, window and tile layout, original size, frame rate).
+`VideoTokens.load` checks every declared size against the limits below and against the file's own
+contents before it allocates anything.
 """
 
 from __future__ import annotations
@@ -26,8 +33,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,18 +40,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from larp.data.transforms import pad_frames
+from larp.data.video_io import check_fps
+from larp.models.config import SIZE_LIMITS
 from larp.models.tokenizer import LARPTokenizer
 from larp.utils.device import DTYPES, autocast
-from larp.utils.files import atomic_write_bytes
+from larp.utils.files import NpzArchive, atomic_write_bytes
 from larp.videos.layout import SpatialLayout, blend_tiles, plan_layout, plan_windows
+from larp.videos.source import FrameSource, VideoInput
 
 FILE_FORMAT = "larp.video_tokens"
 FILE_VERSION = 1
 DEFAULT_FPS = 8.0  # for writing tokens whose source frame rate is unknown
+
+# What a token file may declare; checked before anything is allocated.
+MAX_NUM_FRAMES = 10_000_000  # about four days at 30 fps
+MAX_METADATA_BYTES = 16 << 20  # the JSON string (it lists the tiles)
+MAX_TOKEN_BYTES = 4 << 30  # the token array
+# What decode_tokens / reconstruct_video return at most by default (float32 frames).
+WHOLE_VIDEO_MAX_BYTES = 8 << 30
+# Blending accumulators (float64) plus resized output (float32) of one chunk of a window's frames.
+CHUNK_BYTES = 256 << 20
 
 
 class VideoTokensError(ValueError):
@@ -77,11 +92,17 @@ class VideoTokens:
     layout: SpatialLayout
 
     def __post_init__(self) -> None:
-        for name in ("frames_per_window", "frame_size", "codebook_size", "num_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps must be positive or None, got {self.fps}")
+        limits = {"frames_per_window": SIZE_LIMITS["frames"], "frame_size": SIZE_LIMITS["pixels"],
+                  "codebook_size": SIZE_LIMITS["codes"], "num_frames": MAX_NUM_FRAMES}
+        for name, limit in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an integer in [1, {limit:,}], got {value!r}")
+        if self.fps is not None:
+            try:
+                self.fps = check_fps(self.fps)
+            except ValueError as exc:
+                raise ValueError(f"fps: {exc} (or None when unknown)") from exc
         t = self.tokens
         if not isinstance(t, np.ndarray) or t.ndim != 2 or t.dtype.kind not in "iu":
             desc = f"{t.dtype} {t.shape}" if isinstance(t, np.ndarray) else type(t).__name__
@@ -142,68 +163,107 @@ class VideoTokens:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VideoTokens:
-        """Read a file written by `save`; anything else raises VideoTokensError naming the cause."""
+        """Read a file written by `save`; anything else raises VideoTokensError naming the cause.
+
+        The metadata is read and checked first; the token array is read only when the shape its header
+        declares is the one the metadata implies (and within MAX_TOKEN_BYTES)."""
         p = Path(path)
         if not p.is_file():
             raise VideoTokensError(p, "file not found" if not p.exists() else "not a file")
         try:
-            data = np.load(p, allow_pickle=False)
-            names, arrays = None, None
-            if isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy gives an array
-                with data:
-                    names = sorted(data.files)
-                    if names == ["metadata", "tokens"]:
-                        arrays = {k: data[k] for k in names}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-            raise VideoTokensError(p, f"not a readable .npz archive ({exc})") from exc
-        if arrays is None:
-            found = "a single array" if names is None else f"arrays {names}"
-            raise VideoTokensError(p, f"expected the arrays ['metadata', 'tokens'] of a larp token file, "
-                                      f"found {found}")
-        meta_arr = arrays["metadata"]
-        if meta_arr.dtype.kind != "U" or meta_arr.shape != (1,):
-            raise VideoTokensError(p, f"metadata must be one JSON string, found {meta_arr.dtype} {meta_arr.shape}")
+            with NpzArchive(p) as npz:
+                if npz.names != ["metadata", "tokens"]:
+                    raise VideoTokensError(p, "expected the arrays ['metadata', 'tokens'] of a larp token file, "
+                                              f"found arrays {npz.names}")
+                meta = _read_metadata(p, npz.read("metadata", MAX_METADATA_BYTES))
+                try:
+                    layout, values = _parse_metadata(meta)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise VideoTokensError(p, f"inconsistent contents: {exc}") from exc
+                rows = math.ceil(values["num_frames"] / values["frames_per_window"]) * len(layout.tiles)
+                shape, dtype = npz.header("tokens")
+                if len(shape) != 2 or dtype.kind not in "iu" or shape[0] != rows \
+                        or not 1 <= shape[1] <= SIZE_LIMITS["tokens"]:
+                    raise VideoTokensError(p, f"inconsistent contents: {values['num_frames']} frames in windows "
+                                              f"of {values['frames_per_window']} with {len(layout.tiles)} tiles "
+                                              f"need {rows} token rows (of at most {SIZE_LIMITS['tokens']:,} "
+                                              f"integer tokens), found {dtype} {shape}")
+                tokens = npz.read("tokens", MAX_TOKEN_BYTES)
+        except VideoTokensError:
+            raise
+        except ValueError as exc:  # the archive's own errors: unreadable, oversized, object arrays
+            raise VideoTokensError(p, str(exc)) from exc
         try:
-            meta = json.loads(str(meta_arr[0]))
-        except json.JSONDecodeError as exc:
-            raise VideoTokensError(p, f"metadata is not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
-            raise VideoTokensError(p, f"not a larp token file (metadata format is "
-                                      f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-        if meta.get("version") != FILE_VERSION:
-            raise VideoTokensError(p, f"token file version {meta.get('version')!r}; this larp reads "
-                                      f"version {FILE_VERSION}")
-        try:
-            return cls._from_metadata(arrays["tokens"], meta)
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls(tokens=tokens, layout=layout, **values)
+        except (TypeError, ValueError) as exc:
             raise VideoTokensError(p, f"inconsistent contents: {exc}") from exc
 
-    @classmethod
-    def _from_metadata(cls, tokens: np.ndarray, meta: dict[str, Any]) -> VideoTokens:
-        known = {f.name for f in fields(cls)} - {"tokens", "layout"}
-        layout_keys = {f.name for f in fields(SpatialLayout)}
-        expected = known | layout_keys | {"format", "version"}
-        if set(meta) != expected:
-            missing, unknown = sorted(expected - set(meta)), sorted(set(meta) - expected)
-            raise ValueError(f"metadata keys: missing {missing}, unknown {unknown}")
-        layout = SpatialLayout(
-            spatial=str(meta["spatial"]), original_size=_ints(meta["original_size"], 2),
-            resized_size=_ints(meta["resized_size"], 2), crop_box=_ints(meta["crop_box"], 4),
-            tiles=tuple(_ints(t, 2) for t in meta["tiles"]), overlap=int(meta["overlap"]))
-        (h, w), size = layout.original_size, int(meta["frame_size"])
-        planned = plan_layout(h, w, size, layout.spatial, layout.overlap)
-        if layout != planned:  # decoding relies on it: tiles inside the frame, the crop box covered
-            raise ValueError(f"the recorded layout {layout} is not the one larp plans for {h}x{w} frames "
-                             f"and a model of {size}x{size} ({planned}); was the file edited?")
-        fps = meta["fps"]
-        return cls(tokens=tokens, tokenizer=str(meta["tokenizer"]),
-                   frames_per_window=int(meta["frames_per_window"]), frame_size=int(meta["frame_size"]),
-                   codebook_size=int(meta["codebook_size"]), num_frames=int(meta["num_frames"]),
-                   fps=None if fps is None else float(fps), layout=layout)
+
+def _read_metadata(path: Path, meta_arr: np.ndarray) -> dict[str, Any]:
+    if meta_arr.dtype.kind != "U" or meta_arr.shape != (1,):
+        raise VideoTokensError(path, f"metadata must be one JSON string, found {meta_arr.dtype} {meta_arr.shape}")
+    try:
+        meta = json.loads(str(meta_arr[0]))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise VideoTokensError(path, f"metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
+        raise VideoTokensError(path, f"not a larp token file (metadata format is "
+                                     f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+    if meta.get("version") != FILE_VERSION:
+        raise VideoTokensError(path, f"token file version {meta.get('version')!r}; this larp reads "
+                                     f"version {FILE_VERSION}")
+    return meta
+
+
+def _parse_metadata(meta: dict[str, Any]) -> tuple[SpatialLayout, dict[str, Any]]:
+    """The layout and the other VideoTokens fields of a token file's metadata, every type and size checked
+    (the layout must be the one larp plans: decoding relies on its tiles lying inside the frame)."""
+    known = {f.name for f in fields(VideoTokens)} - {"tokens", "layout"}
+    expected = known | {f.name for f in fields(SpatialLayout)} | {"format", "version"}
+    if set(meta) != expected:
+        missing, unknown = sorted(expected - set(meta)), sorted(set(meta) - expected)
+        raise ValueError(f"metadata keys: missing {missing}, unknown {unknown}")
+    (h, w), size, spatial = _ints(meta["original_size"], 2), _int(meta, "frame_size"), meta["spatial"]
+    if not isinstance(spatial, str):
+        raise ValueError(f"spatial must be a string, found {spatial!r}")
+    overlap = _int(meta, "overlap", low=0)
+    planned = plan_layout(h, w, size, spatial, overlap)  # bounds the frame size and the tile count first
+    tiles = meta["tiles"]
+    if not isinstance(tiles, list) or len(tiles) != len(planned.tiles):
+        raise ValueError(f"the recorded tiles are not the {len(planned.tiles)} that larp plans for {h}x{w} "
+                         f"frames and a model of {size}x{size}")
+    layout = SpatialLayout(spatial=spatial, original_size=(h, w), resized_size=_ints(meta["resized_size"], 2),
+                           crop_box=_ints(meta["crop_box"], 4), tiles=tuple(_ints(t, 2) for t in tiles),
+                           overlap=overlap)
+    if layout != planned:
+        raise ValueError(f"the recorded layout {layout} is not the one larp plans for {h}x{w} frames "
+                         f"and a model of {size}x{size} ({planned}); was the file edited?")
+    fps = meta["fps"]
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))):
+        raise ValueError(f"fps must be a number or null, found {fps!r}")
+    if fps is not None:
+        try:
+            fps = check_fps(fps)
+        except ValueError as exc:
+            raise ValueError(f"fps: {exc}") from exc
+    if not isinstance(meta["tokenizer"], str):
+        raise ValueError(f"tokenizer must be a string, found {meta['tokenizer']!r}")
+    values = {k: _int(meta, k) for k in ("frames_per_window", "codebook_size", "num_frames")}
+    if values["num_frames"] > MAX_NUM_FRAMES:
+        raise ValueError(f"num_frames must be at most {MAX_NUM_FRAMES:,}, found {values['num_frames']:,}")
+    return layout, {**values, "frame_size": size, "fps": fps, "tokenizer": meta["tokenizer"]}
+
+
+def _int(meta: dict[str, Any], key: str, low: int = 1) -> int:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be an integer >= {low}, found {value!r}")
+    return value
 
 
 def _ints(values: Any, n: int) -> tuple[int, ...]:
-    if not isinstance(values, list) or len(values) != n or not all(isinstance(v, int) for v in values):
+    if not isinstance(values, list) or len(values) != n or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"expected a list of {n} integers, found {values!r}")
     return tuple(values)
 
@@ -231,44 +291,6 @@ def _precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractC
     return autocast(device, dtype)
 
 
-def _as_source(frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The input as a tensor (no copy) and whether it is channels-last uint8 (T, H, W, 3)."""
-    x = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"expected frames as a numpy array or tensor, got {type(frames).__name__}")
-    if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[-1] == 3:
-        return x, True
-    if x.is_floating_point() and x.ndim == 4 and x.shape[0] == 3:
-        lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
-        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-            raise ValueError(f"expected a float video with values in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
-        return x, False
-    raise ValueError("expected uint8 frames (T, H, W, 3) or a float video (3, T, H, W) in [0, 1], "
-                     f"got {x.dtype} {tuple(x.shape)}")
-
-
-def _shape(source: torch.Tensor, channels_last: bool) -> tuple[int, int, int]:
-    return tuple(source.shape[:3]) if channels_last else tuple(source.shape[1:])  # type: ignore[return-value]
-
-
-def _frames_float(source: torch.Tensor, channels_last: bool, start: int, count: int,
-                  device: torch.device) -> torch.Tensor:
-    """Frames [start, start + count) as float32 (3, count, H, W) in [0, 1] on `device`."""
-    if channels_last:
-        return source[start : start + count].to(device).permute(3, 0, 1, 2).float().div_(255.0)
-    return source[:, start : start + count].to(device=device, dtype=torch.float32)
-
-
-def _window_clips(window: torch.Tensor, layout: SpatialLayout, size: int) -> torch.Tensor:
-    """A window (3, T, H, W) -> its clips (num_tiles, 3, T, S, S) under `layout`."""
-    if tuple(window.shape[-2:]) != layout.resized_size:
-        window = TF.resize(window, list(layout.resized_size), antialias=True)
-    rh, rw = layout.resized_size
-    if rh < size or rw < size:  # frames smaller than the model: repeat the border pixels
-        window = F.pad(window, (0, max(size - rw, 0), 0, max(size - rh, 0)), mode="replicate")
-    return torch.stack([window[..., t : t + size, left : left + size] for t, left in layout.tiles])
-
-
 def check_compatible(tokenizer: LARPTokenizer, tokens: VideoTokens) -> None:
     """Raise a ValueError unless `tokenizer` can decode `tokens` (same T, S, N and K)."""
     _, t, s, _ = tokenizer.video_shape
@@ -286,28 +308,29 @@ def check_compatible(tokenizer: LARPTokenizer, tokens: VideoTokens) -> None:
 
 
 @torch.no_grad()
-def tokenize_video(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, *, spatial: str = "crop",
+def tokenize_video(tokenizer: LARPTokenizer, frames: VideoInput, *, spatial: str = "crop",
                    overlap: int | None = None, fps: float | None = None, tokenizer_id: str = "",
                    batch_size: int = 4, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32,
                    progress: Callable[[int, int], None] | None = None) -> VideoTokens:
-    """Tokens of a whole video: uint8 frames (T, H, W, 3) or a float video (3, T, H, W) in [0, 1].
+    """Tokens of a whole video: uint8 frames (T, H, W, 3), a float video (3, T, H, W) in [0, 1], or the
+    path of a video file, which is streamed window by window (memory does not grow with its length).
 
     Windows of the model's T frames (the last padded by repeating its last frame) and the `spatial`
     layout of the module doc; codes are the deterministic (argmax) ones. `fps` and `tokenizer_id` are
-    only recorded, for decoding. Runs on the tokenizer's device, under autocast for bfloat16/float16.
-    `progress(done, total)` is called after each batch with the clips (windows x tiles) encoded so far."""
+    only recorded, for decoding (a file's own frame rate when `fps` is None). Runs on the tokenizer's
+    device, under autocast for bfloat16/float16. `progress(done, total)` is called after each batch with
+    the clips (windows x tiles) encoded so far; for a file, `total` counts the frames its header declares."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    source, channels_last = _as_source(frames)
-    num_frames, height, width = _shape(source, channels_last)
+    source = FrameSource(frames)
     _, t, size, _ = tokenizer.video_shape
-    layout = plan_layout(height, width, size, spatial, overlap)
+    layout = plan_layout(source.height, source.width, size, spatial, overlap)
     dev = _model_device(tokenizer, device)
+    _precision(dev, dtype)  # an unsupported dtype fails before the video is read
     rows: list[torch.Tensor] = []
     pending: list[torch.Tensor] = []
-    windows = plan_windows(num_frames, t)
-    total, done = len(windows) * len(layout.tiles), 0
+    total, done = math.ceil(source.declared_frames / t) * len(layout.tiles), 0
 
     def flush() -> None:
         nonlocal done
@@ -316,11 +339,12 @@ def tokenize_video(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, 
         done += len(pending)
         pending.clear()
         if progress is not None:
-            progress(done, total)
+            progress(done, max(total, done))
 
-    for start, real in windows:
-        window = pad_frames(_frames_float(source, channels_last, start, real, dev), t)
-        for clip in _window_clips(window, layout, size):
+    num_frames = 0
+    for _, raw in source.windows(t):
+        num_frames += source.count(raw)
+        for clip in source.window_clips(raw, layout, size, t, dev):
             pending.append(clip)
             if len(pending) == batch_size:
                 flush()
@@ -328,20 +352,28 @@ def tokenize_video(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, 
         flush()
     return VideoTokens(tokens=torch.cat(rows).numpy().astype(np.int64), tokenizer=tokenizer_id,
                        frames_per_window=t, frame_size=size, codebook_size=tokenizer.codebook_size,
-                       num_frames=num_frames, fps=fps, layout=layout)
+                       num_frames=num_frames, fps=fps if fps is not None else source.fps, layout=layout)
+
+
+def _frame_groups(real: int, per_frame_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) groups of a window's `real` frames, each within CHUNK_BYTES (at least one frame)."""
+    group = max(1, CHUNK_BYTES // max(per_frame_bytes, 1))
+    return [(f0, min(f0 + group, real)) for f0 in range(0, real, group)]
 
 
 @torch.no_grad()
 def iter_decode(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: int = 4,
                 device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
-    """`decode_tokens` window by window: float32 CPU chunks (3, real frames, H_out, W_out) in order."""
+    """`decode_tokens` in order, as float32 CPU chunks (3, frames, H_out, W_out): one per window, or
+    several for a window of very large frames (each within CHUNK_BYTES of working memory)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_compatible(tokenizer, tokens)
     dev = _model_device(tokenizer, device)
     layout = tokens.layout
     top, left, ch, cw = layout.crop_box
+    out_h, out_w = layout.output_size
     # Tile positions relative to the output region; tiles hanging over it (padding) are clipped.
     positions = [(t - top, x - left) for t, x in layout.tiles]
     windows = iter(tokens.windows)
@@ -354,19 +386,33 @@ def iter_decode(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: in
             clips = torch.stack(pending[: tokens.num_tiles])
             del pending[: tokens.num_tiles]
             _, real = next(windows)
-            video = blend_tiles(clips[:, :, :real], positions, (ch, cw), layout.overlap)
-            if (ch, cw) != layout.output_size:
-                video = TF.resize(video, list(layout.output_size), antialias=True)
-            yield video.clamp_(0.0, 1.0).cpu()
+            # Frames are blended independently, so a few at a time give the same values.
+            for f0, f1 in _frame_groups(real, 3 * (8 * ch * cw + 4 * out_h * out_w)):
+                video = blend_tiles(clips[:, :, f0:f1], positions, (ch, cw), layout.overlap)
+                if (ch, cw) != (out_h, out_w):
+                    video = TF.resize(video, [out_h, out_w], antialias=True)
+                yield video.clamp_(0.0, 1.0).cpu()
+
+
+def _whole(num_frames: int, size: tuple[int, int], max_bytes: int | None, streaming: str) -> None:
+    """Refuse to return a whole video over `max_bytes` (float32), pointing to the streaming function."""
+    nbytes = 3 * num_frames * size[0] * size[1] * 4
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ValueError(f"the whole video ({num_frames:,} frames of {size[1]}x{size[0]}) takes {nbytes:,} bytes "
+                         f"as float32, more than max_bytes={max_bytes:,}; stream it with {streaming} (or pass "
+                         "max_bytes=None)")
 
 
 def decode_tokens(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: int = 4,
-                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                  max_bytes: int | None = WHOLE_VIDEO_MAX_BYTES) -> torch.Tensor:
     """Decode a whole video's tokens -> float32 (3, num_frames, H_out, W_out) in [0, 1], on the CPU.
 
     The window padding is trimmed, so the frame count is the original one. (H_out, W_out) is
     `tokens.layout.output_size`: the original frame size for "cover" and "tile" tokens, and for "crop"
-    tokens the centre crop's region at the original scale (about min(H, W) square)."""
+    tokens the centre crop's region at the original scale (about min(H, W) square). A result over
+    `max_bytes` is refused before decoding; `iter_decode` streams any length."""
+    _whole(tokens.num_frames, tokens.layout.output_size, max_bytes, "iter_decode")
     return torch.cat(list(iter_decode(tokenizer, tokens, batch_size=batch_size, device=device, dtype=dtype)),
                      dim=1)
 
@@ -393,33 +439,57 @@ class PSNRMeter:
         return -10.0 * math.log10(mse)
 
 
-def iter_reconstruct(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, *, tile: bool = False,
+def iter_reconstruct(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool = False,
                      overlap: int | None = None, batch_size: int = 4, device: torch.device | str | None = None,
                      dtype: torch.dtype = torch.float32, meter: PSNRMeter | None = None,
                      progress: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
-    """`reconstruct_video` window by window (CPU float32 chunks), updating `meter` with each chunk;
-    `progress` follows the encoding as in `tokenize_video` (decoding goes window by window: one chunk each)."""
+    """`reconstruct_video` as CPU float32 chunks (see `iter_decode`), updating `meter` with each chunk.
+
+    `frames` may be a video file's path: it is read twice (tokenize, then compare), a window at a time.
+    `progress` follows the encoding as in `tokenize_video`."""
     tokens = tokenize_video(tokenizer, frames, spatial="tile" if tile else "cover", overlap=overlap,
                             batch_size=batch_size, device=device, dtype=dtype, progress=progress)
-    source, channels_last = _as_source(frames)
-    cpu = torch.device("cpu")
-    for (start, real), chunk in zip(tokens.windows,
-                                    iter_decode(tokenizer, tokens, batch_size=batch_size, device=device,
-                                                dtype=dtype), strict=True):
-        if meter is not None:
-            meter.update(_frames_float(source, channels_last, start, real, cpu), chunk)
+    source, cpu = FrameSource(frames), torch.device("cpu")
+    reference = _reference_frames(source, tokens.frames_per_window, cpu) if meter is not None else None
+    for chunk in iter_decode(tokenizer, tokens, batch_size=batch_size, device=device, dtype=dtype):
+        if meter is not None and reference is not None:
+            meter.update(reference(chunk.shape[1]), chunk)
         yield chunk
 
 
-def reconstruct_video(tokenizer: LARPTokenizer, frames: np.ndarray | torch.Tensor, *, tile: bool = False,
+def _reference_frames(source: FrameSource, window: int, device: torch.device) -> Callable[[int], torch.Tensor]:
+    """A function giving the source's next `n` frames as float (3, n, H, W), reading window by window."""
+    windows = source.windows(window)
+    buffered: list[torch.Tensor] = []
+
+    def take(n: int) -> torch.Tensor:
+        have = sum(x.shape[1] for x in buffered)
+        while have < n:
+            _, raw = next(windows, (None, None))
+            if raw is None:
+                raise ValueError(f"{source.path} gave fewer frames on a second read; was it modified?")
+            buffered.append(source.frames(raw, device))
+            have += buffered[-1].shape[1]
+        joined = torch.cat(buffered, dim=1) if len(buffered) > 1 else buffered[0]
+        buffered[:] = [joined[:, n:]] if joined.shape[1] > n else []
+        return joined[:, :n]
+
+    return take
+
+
+def reconstruct_video(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool = False,
                       overlap: int | None = None, batch_size: int = 4, device: torch.device | str | None = None,
-                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, float]:
+                      dtype: torch.dtype = torch.float32,
+                      max_bytes: int | None = WHOLE_VIDEO_MAX_BYTES) -> tuple[torch.Tensor, float]:
     """Tokenize and decode a whole video -> (float32 (3, T, H, W) in [0, 1], PSNR in dB against the input).
 
     The output always has the input's T, H and W. Without `tile` the whole field of view is tokenized at
     the model's scale (layout "cover") and resized back; with `tile` S×S tiles cover the native frame
     (layout "tile"), which keeps fine detail at the cost of more tokens. The result lies on the input's
-    device when the input is a tensor, else on the CPU."""
+    device when the input is a tensor, else on the CPU. A result over `max_bytes` is refused before any
+    work; `iter_reconstruct` streams any length."""
+    source = FrameSource(frames)
+    _whole(source.declared_frames, (source.height, source.width), max_bytes, "iter_reconstruct")
     meter = PSNRMeter()
     chunks = list(iter_reconstruct(tokenizer, frames, tile=tile, overlap=overlap, batch_size=batch_size,
                                    device=device, dtype=dtype, meter=meter))
