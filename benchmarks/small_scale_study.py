@@ -1,4 +1,4 @@
-"""Small-scale study: does a tokenizer preset learn on this CPU within minutes? (issue 8)
+"""Small-scale study: does a tokenizer preset learn on this CPU within minutes?
 
 Trains a tokenizer preset (plus init / optimiser / anti-collapse options) for a fixed number of steps on
 in-memory clips and prints one JSON object: validation PSNR (deterministic codes), codebook usage and

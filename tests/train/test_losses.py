@@ -1,4 +1,4 @@
-"""Tokenizer-training losses against hand-computed values (LARP_SPEC.md section 2)."""
+"""Tokenizer-training losses against hand-computed values (docs/method.md, training recipes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Clip transforms of spec section 4: resize the shorter side (antialiased), crop, flip, pad by repetition.
+"""Clip transforms (docs/method.md, Data): resize the shorter side (antialiased), crop, flip, pad by repetition.
 
 Tensor functions take videos whose last three dimensions are (T, H, W) after the channel dimension, i.e.
 (3, T, H, W) or (B, 3, T, H, W), uint8 or float; they keep the dtype and device of their input. Random

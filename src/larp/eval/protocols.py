@@ -1,4 +1,4 @@
-"""Evaluation protocols as named, recorded procedures (spec section 4).
+"""Evaluation protocols as named, recorded procedures (docs/method.md).
 
 - `evaluate_tokenizer`: rFVD, PSNR, SSIM and LPIPS of a tokenizer's reconstructions over a dataset CSV,
   one seeded clip per video; the returned dict records the protocol next to the numbers.

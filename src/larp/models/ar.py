@@ -1,4 +1,4 @@
-"""`LARPAR`: the Llama-style autoregressive generator over LARP tokens (spec section 3).
+"""`LARPAR`: the Llama-style autoregressive generator over LARP tokens (docs/method.md).
 
 Sequence = [condition (cls_token_num positions) ; tokens]. The condition is one class embedding
 (class-conditional) or the tokenizer's tokens of the context frames plus a separator (frame prediction).

@@ -81,7 +81,7 @@ class PriorArgs:
 
 @dataclass
 class PriorConfig:
-    """The GPTC prior and its scheduled-sampling loss (spec section 1, steps 12-14)."""
+    """The GPTC prior and its scheduled-sampling loss (docs/method.md)."""
 
     name: str = "gptc-S"
     args: PriorArgs = field(default_factory=PriorArgs)
@@ -329,7 +329,7 @@ class ARConfig:
         return cfg
 
 
-# (layers, heads, width) of the AR sizes (spec section 3).
+# (layers, heads, width) of the AR sizes (docs/method.md).
 AR_SIZES: dict[str, tuple[int, int, int]] = {
     "S": (12, 6, 384),
     "B": (12, 12, 768),
@@ -376,7 +376,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     "larp-tiny": _tokenizer(128, 8, "gptc-XXS", bottleneck_token_num=32, input_size=32, frame_num=8,
                             encoder_hidden_size=64, decoder_hidden_size=64, encoder_num_heads=4,
                             decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
-    # `larp-sanity-32`: the solid-colour sanity check of issue 8 (no prior; sampling temperature 0.01,
+    # `larp-sanity-32`: the solid-colour sanity check (no prior; sampling temperature 0.01,
     # which measured better than 0.03 at this size).
     "larp-sanity-32": _tokenizer(1024, 16, "none", bottleneck_token_num=16, input_size=32, frame_num=8,
                                  encoder_hidden_size=128, decoder_hidden_size=128, encoder_num_heads=4,

@@ -1,6 +1,6 @@
 """Building blocks shared by the LARP models: position embeddings, patch embedding, transformer blocks.
 
-The numerics follow LARP_SPEC.md sections 1 and 3; the module names are part of the released checkpoint
+The numerics follow docs/method.md (tokenizer, AR generator); the module names are part of the released checkpoint
 format and must not change.
 """
 

@@ -1,4 +1,4 @@
-"""The GPTC prior: a small causal GPT over continuous code vectors (spec section 1, steps 12-14).
+"""The GPTC prior: a small causal GPT over continuous code vectors (docs/method.md).
 
 It is trained with the tokenizer; its cross-entropy, whose gradient flows back through the straight-through
 quantised vectors, shapes the latent space so that an AR model can predict it."""

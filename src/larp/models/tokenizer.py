@@ -1,6 +1,6 @@
 """`LARPTokenizer`: a holistic-query video tokenizer with a stochastic VQ and a learned AR prior.
 
-Stages (spec section 1):
+Stages (docs/method.md):
     video (B,3,T,H,W) --embed--> patches (B,Np,D) --encoder with N queries--> (B,N,D)
     --quantize--> codes (B,N) / unit vectors (B,N,d) --out_linear + decoder--> video (B,3,T,H,W)
 The prior (`prior_model`) only serves training: its loss is a method here so that trainers can call it."""
@@ -211,7 +211,7 @@ class LARPTokenizer(HubModelMixin, nn.Module):
 
     def prior_loss(self, quantized: torch.Tensor, indices: torch.Tensor, step: int, total_steps: int,
                    generator: torch.Generator | None = None) -> PriorOutput:
-        """Cross-entropy of the prior with scheduled sampling over `n_rounds` rounds (spec step 14).
+        """Cross-entropy of the prior with scheduled sampling over `n_rounds` rounds (docs/method.md, the learned prior).
 
         `quantized` are the straight-through vectors, so the gradient reaches the encoder and codebook."""
         p = self.config.prior_model

@@ -1,4 +1,4 @@
-"""Losses of the tokenizer training (LARP_SPEC.md section 2).
+"""Losses of the tokenizer training (docs/method.md, training recipes).
 
 - `pixel_loss`: L1 or L2 reconstruction loss.
 - `PerceptualLoss`: LPIPS-VGG (the `lpips` package, version 0.1) on every frame.
