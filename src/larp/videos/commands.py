@@ -119,7 +119,6 @@ class _Bar:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from larp.data.video_io import read_video
     from larp.utils.device import DTYPES, resolve_device
     from larp.videos.tokens import tokenize_video
 
@@ -130,8 +129,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
     for video, out in zip(args.videos, outputs, strict=True):
         bar = _Bar(f"encode {Path(video).name}")
         try:
-            frames, fps = read_video(video)
-            tokens = tokenize_video(model, frames, spatial=args.spatial, overlap=args.overlap, fps=fps,
+            # The file is streamed window by window (memory does not grow with its length); fps is its own.
+            tokens = tokenize_video(model, video, spatial=args.spatial, overlap=args.overlap,
                                     tokenizer_id=recorded_tokenizer(args.tokenizer, out),
                                     batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype],
                                     progress=bar)
@@ -143,7 +142,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
             print(f"larp tokenize: error: {one_line(exc)}", file=sys.stderr)
             continue
         print(f"wrote {out}: {tokens.num_windows} windows x {tokens.num_tiles} tiles x {tokens.num_tokens} "
-              f"tokens ({tokens.num_frames} frames, {frames.shape[2]}x{frames.shape[1]}, {fps:g} fps)")
+              f"tokens ({tokens.num_frames} frames, {tokens.layout.original_size[1]}x"
+              f"{tokens.layout.original_size[0]}, {tokens.fps:g} fps)")
     return 1 if failed else 0
 
 
@@ -173,7 +173,7 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    from larp.data.video_io import read_video
+    from larp.data.video_io import probe_video
     from larp.utils.device import DTYPES, resolve_device
     from larp.videos.layout import plan_windows
     from larp.videos.tokens import PSNRMeter, iter_reconstruct
@@ -181,9 +181,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     out = _mp4_path(args.out, args.overwrite)
     device = resolve_device(args.device)
     model = _load_tokenizer(args.tokenizer, device)
-    frames, fps = read_video(args.video)
-    meter, bar = PSNRMeter(), _Bar("encode")
-    chunks = iter_reconstruct(model, frames, tile=args.spatial == "tile", overlap=args.overlap,
+    info = probe_video(args.video)  # the file itself is streamed window by window, twice
+    meter, bar, done = PSNRMeter(), _Bar("encode"), [0]
+    chunks = iter_reconstruct(model, args.video, tile=args.spatial == "tile", overlap=args.overlap,
                               batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype], meter=meter,
                               progress=bar)
 
@@ -193,15 +193,15 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             if first:  # the encoding is done when the first decoded window arrives
                 bar.close()
                 first = False
+            done[0] += chunk.shape[1]
             yield chunk
 
-    windows = len(plan_windows(frames.shape[0], model.video_shape[1]))
+    windows = len(plan_windows(info.num_frames, model.video_shape[1]))
     try:
-        _write(out, opts.progress(decoded(), total=windows, desc="decode", unit="window"), fps)
+        _write(out, opts.progress(decoded(), total=windows, desc="decode", unit="window"), info.fps)
     finally:
         bar.close()
-    t, h, w = frames.shape[:3]
-    print(f"wrote {out}: {t} frames, {w}x{h}")
+    print(f"wrote {out}: {done[0]} frames, {info.width}x{info.height}")
     print(f"PSNR: {meter.value:.2f} dB")
     return 0
 
