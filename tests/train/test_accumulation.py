@@ -1,0 +1,139 @@
+"""Gradient accumulation: k micro-batches per optimiser step give the update of one batch k times larger,
+and checkpoints fall on optimiser steps.
+
+Batch-dependent randomness would make a 2 x 4 run draw differently from an 8 run, so the comparisons run
+deterministic configurations: the tokenizer's codes by argmax (`stochastic: false`), its prior without
+dropout and with one round (no scheduled sampling), the hinge GAN loss (the "bce" one draws noisy labels
+per batch), the AR model without dropout of any kind. In real runs these draws differ between a 2 x 4 and
+an 8 step only in which sample gets which number. The data are the same either way: each clip's crop and
+flip are seeded by its position in the epoch, not by its batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from larp import LARPTokenizer, tokenizer_preset
+from larp.train import checkpoint as ckpt
+from larp.train.ar_task import ARTask
+from larp.train.config import ARTrainConfig, load_recipe
+from larp.train.engine import TrainingInterrupted
+from larp.train.run import train
+from larp.train.tokenizer_task import TokenizerTask
+from tests.train.conftest import tiny_recipe
+
+DETERMINISTIC_TOKENIZER = [
+    "model.config.bottleneck.args.regularizer.args.stochastic=false",
+    "model.config.prior_model.no_dropout=true", "model.config.prior_model.n_rounds=1",
+    "loss.disc_every=1", "loss.gan_loss=hinge",  # the discriminator steps every time, without noisy labels
+    "run.ckpt_every=1", "run.max_steps=2",
+]
+DETERMINISTIC_AR = [f"model.config.{k}=0" for k in (
+    "token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate", "class_dropout_prob")]
+
+
+def last_state(out_dir: Path) -> dict:
+    return ckpt.load_checkpoint(ckpt.list_checkpoints(out_dir / "checkpoints")[-1])
+
+
+def assert_same_update(a: dict, b: dict, step_size: dict[str, float]) -> None:
+    """Parameters within 0.5 % of one optimiser step of each other (Adam moves a weight by about its
+    learning rate per step, whatever the gradient's scale), and the Adam moments to float tolerance.
+    `step_size`: learning rate by parameter-name prefix, the first match counting ("" = the rest)."""
+    for part in (p for p in ("model", "ema") if p in a):
+        for key in a[part]:
+            lr = next(lr for name, lr in step_size.items() if key.removeprefix("module.").startswith(name))
+            torch.testing.assert_close(a[part][key], b[part][key], atol=0.005 * lr, rtol=0, msg=f"{part}.{key}")
+    for opt in (o for o in ("opt_g", "opt_d", "opt") if o in a):
+        # Relative to the largest moment of the optimiser: some gradients are float noise (e.g. of attention
+        # key biases, to which softmax is invariant) and agree only to the precision of the larger ones.
+        scale = {m: max(float(s[m].abs().max()) for s in a[opt]["state"].values()) for m in ("exp_avg", "exp_avg_sq")}
+        for i, moments in a[opt]["state"].items():
+            for m in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(moments[m], b[opt]["state"][i][m], atol=1e-5 * scale[m], rtol=1e-4,
+                                           msg=f"{opt}.state[{i}].{m}")
+
+
+def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
+    whole = tiny_recipe(tiny_data, tmp_path / "b8", "data.batch_size=8", *DETERMINISTIC_TOKENIZER)
+    accum = tiny_recipe(tiny_data, tmp_path / "b2x4", "data.batch_size=2", "optim.grad_accum_steps=4",
+                        *DETERMINISTIC_TOKENIZER)
+    train(whole, TokenizerTask)
+    train(accum, TokenizerTask)
+    o = whole.optim
+    # Learning rate per parameter prefix ("" = the rest; the discriminator's keys are its own).
+    step_size = {"prior_model.": o.lr * o.prior_lr_mult, "x_embedder.": o.lr * o.embed_lr_mult, "": o.lr}
+    for step in (1, 2):
+        a, b = (ckpt.load_checkpoint(p / "checkpoints" / f"step_{step:08d}") for p in (tmp_path / "b8",
+                                                                                         tmp_path / "b2x4"))
+        assert a["step"] == b["step"] == step
+        assert (a["batch_in_epoch"], b["batch_in_epoch"]) == (step, 4 * step)  # loader batches of 8 / of 2
+        assert_same_update(a["task"], b["task"], step_size)
+        for key in ("ema_real", "ema_fake"):  # LeCam's averages saw the whole batch's means
+            torch.testing.assert_close(a["task"]["lecam"][key], b["task"]["lecam"][key], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(a["task"]["disc"], b["task"]["disc"], atol=0.005 * whole.discriminator.lr, rtol=0)
+    # The weights did move by far more than the tolerance: the comparison is not between untouched models.
+    start = ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / "step_00000001")["task"]["model"]
+    moved = (start["final_layer.linear.weight"] - a["task"]["model"]["final_layer.linear.weight"]).abs().max()
+    assert moved > 0.5 * o.lr
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = LARPTokenizer(tokenizer_preset("larp-tiny"))
+    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)
+    torch.nn.init.normal_(model.encoder_latent_query_embed, std=1.0)
+    return model.save_pretrained(tmp_path_factory.mktemp("acc") / "tokenizer")
+
+
+def ar_recipe(tiny_data, tokenizer: Path, out_dir: Path, *overrides: str) -> ARTrainConfig:
+    return load_recipe(ARTrainConfig, None, [
+        "model.preset=ar-tiny", f"tokenizer.path={tokenizer}", f"data.train_csv={tiny_data['train']}",
+        "data.num_frames=8", "data.size=32", "data.num_workers=0", f"run.out_dir={out_dir}", "run.max_steps=3",
+        "run.log_every=1", "run.eval_every=0", "run.ckpt_every=1", "optim.warmup_steps=1", *DETERMINISTIC_AR,
+        *overrides])
+
+
+def test_ar_2x4_equals_8(tiny_data, tokenizer_folder, tmp_path):
+    train(ar_recipe(tiny_data, tokenizer_folder, tmp_path / "b8", "data.batch_size=8", "run.max_steps=2"), ARTask)
+    train(ar_recipe(tiny_data, tokenizer_folder, tmp_path / "b2x4", "data.batch_size=2", "optim.grad_accum_steps=4",
+                    "run.max_steps=2"), ARTask)
+    start = ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / "step_00000001")["task"]
+    a, b = last_state(tmp_path / "b8"), last_state(tmp_path / "b2x4")
+    lr = ARTrainConfig().optim.lr
+    assert_same_update(a["task"], b["task"], {"": lr})
+    assert (start["model"]["output.weight"] - a["task"]["model"]["output.weight"]).abs().max() > 0.5 * lr
+
+
+def test_accumulated_run_checkpoints_on_optimiser_steps_and_resumes_exactly(tiny_data, tokenizer_folder,
+                                                                             tmp_path, monkeypatch):
+    k = 3
+    full = ar_recipe(tiny_data, tokenizer_folder, tmp_path / "full", "data.batch_size=2",
+                     f"optim.grad_accum_steps={k}", "run.max_steps=4", "run.ckpt_every=2")
+    train(full, ARTask)
+    part = ar_recipe(tiny_data, tokenizer_folder, tmp_path / "part", "data.batch_size=2",
+                     f"optim.grad_accum_steps={k}", "run.max_steps=4", "run.ckpt_every=2")
+    original = ARTask.encode_batch
+    seen = []
+
+    def interrupting(self, batch):  # SIGTERM arrives in the middle of step 1's second micro-batch
+        seen.append(1)
+        if len(seen) == k + 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(ARTask, "encode_batch", interrupting)
+    with pytest.raises(TrainingInterrupted, match="at step 2"):
+        train(part, ARTask)
+    monkeypatch.setattr(ARTask, "encode_batch", original)
+    saved = ckpt.load_checkpoint(tmp_path / "part" / "checkpoints" / "step_00000002")
+    assert saved["batch_in_epoch"] == 2 * k  # the step finished all its micro-batches before stopping
+    train(part, ARTask, resume=True)
+    a, b = last_state(tmp_path / "full")["task"], last_state(tmp_path / "part")["task"]
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
+    assert torch.equal(a["opt"]["state"][0]["exp_avg"], b["opt"]["state"][0]["exp_avg"])
