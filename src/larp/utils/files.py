@@ -43,6 +43,11 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def default_dir_mode() -> int:
+    """The mode `mkdir` gives a new folder: 0777 without the umask's bits (`tempfile.mkdtemp` gives 0700)."""
+    return 0o777 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     """Call `write(tmp_path)` then rename over `path`, so a failure never leaves a half-written file.
 
