@@ -41,12 +41,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str) -> None:
+        self.proc, self.url = proc, url
+
+    def stop(self) -> int:
+        """Stop it as `kill` does (SIGTERM) and return its exit status; killed if it takes over 30 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
 @pytest.fixture
 def server(model_dirs, tmp_path):
     """`larp app` with the tiny models on a free local port; stopped after the test."""
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread, as the tests: the same floats
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",  # one thread, as the tests: the same floats
+           "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "larp.cli", "app", "--tokenizer", str(model_dirs["tokenizer"]),
@@ -54,6 +72,7 @@ def server(model_dirs, tmp_path):
          "--device", "cpu", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    running = Server(proc, url)
     try:
         deadline = time.monotonic() + WAIT
         while True:
@@ -68,14 +87,9 @@ def server(model_dirs, tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail(f"larp app did not answer within {WAIT} s:\n{(tmp_path / 'server.log').read_text()}")
             time.sleep(1)
-        yield url
+        yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        running.stop()
         log.close()
 
 
@@ -128,7 +142,7 @@ def test_the_page_reconstructs_generates_and_reports_bad_uploads(server, browser
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, WAIT)
-    browser.get(server)
+    browser.get(server.url)
 
     # Reconstruct: the PSNR, token count and bits per pixel of `larp reconstruct` on the same clip.
     _upload(browser, wait, "recon-input", clip_file)
@@ -141,7 +155,7 @@ def test_the_page_reconstructs_generates_and_reports_bad_uploads(server, browser
     assert status.startswith(f"PSNR: {psnr:.2f} dB · 192 tokens · 0.0300 bits per pixel · 20 frames of 56x40")
     assert wait.until(lambda d: _playing(d, "recon-output")) == [674, 240]  # side by side, enlarged 6x
     link = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#recon-tokens a"))).get_attribute("href")
-    assert link.startswith(server)
+    assert link.startswith(server.url)
     with urllib.request.urlopen(link, timeout=60) as response:
         (tmp_path / "downloaded.npz").write_bytes(response.read())
     assert VideoTokens.load(tmp_path / "downloaded.npz").tokens.tolist() == tokenize_video(
@@ -170,5 +184,8 @@ def test_the_page_reconstructs_generates_and_reports_bad_uploads(server, browser
     urls = {json.loads(entry["message"])["message"].get("params", {}).get("request", {}).get("url", "")
             for entry in browser.get_log("performance")}
     outside = sorted(u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
-                     and urlparse(u).netloc != urlparse(server).netloc)
+                     and urlparse(u).netloc != urlparse(server.url).netloc)
     assert not outside, outside
+    # Stopped as `kill` stops it, the server exits cleanly and removes its files.
+    assert server.stop() == 0
+    assert not list((tmp_path / "tmp").glob("larp-app-*"))

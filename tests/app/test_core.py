@@ -166,3 +166,12 @@ def test_demo_clips_fit_the_tokenizer(models, tmp_path):
     paths = core.demo_clips(models, tmp_path)
     assert [p.name for p in paths] == ["red_square_horizontal.mp4", "yellow_circle_up.mp4", "green_triangle_down.mp4"]
     assert read_video(paths[0])[0].shape == (16, 32, 32, 3)  # two windows of the model's 8 frames
+
+
+def test_side_by_side_enlarges_small_clips_only(tmp_path):
+    white, black = np.full((2, 20, 30, 3), 255, np.uint8), np.zeros((2, 20, 30, 3), np.uint8)
+    shown, _ = read_video(core.write_side_by_side(tmp_path / "small.mp4", [white, black], fps=8))
+    assert shown.shape == (2, 240, 2 * 360 + 2, 3)  # 12x: the largest whole factor up to 256 rows
+    assert shown[:, :, :355].min() > 240 and shown[:, :, 367:].max() < 15  # white left, black right
+    large = np.zeros((2, 300, 40, 3), np.uint8)
+    assert read_video(core.write_side_by_side(tmp_path / "large.mp4", [large], fps=8))[0].shape == (2, 300, 40, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 from pathlib import Path
 
 from larp.utils.cli import add_device, add_option, add_tokenizer, positive_int
@@ -46,8 +47,13 @@ def run(args: argparse.Namespace) -> int:
     models = core.load_models(tokenizer, ar_model, args.fp_model, device=resolve_device(args.device),
                               names=args.class_names)
     print(f"larp app: serving on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server as Ctrl+C does: its files are removed
     launch(models, host=args.host, port=args.port, max_frames=args.max_frames)
     return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 
 from larp.data.synthetic import MAX_CLASSES, classify_clip, clip_attributes, synthetic_classes, synthetic_clip
 from larp.data.transforms import center_crop, pad_frames, resize_short_side
-from larp.data.video_io import probe_video, read_clip, read_video, to_tensor, to_uint8, write_mp4
+from larp.data.video_io import MP4Writer, probe_video, read_clip, read_video, to_tensor, to_uint8, write_mp4
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.generate import frame_prediction_condition, generate
@@ -33,6 +33,7 @@ MAX_FRAMES = 128  # frames of an upload that are used (the first ones): keeps a 
 MAX_PIXELS = 1920 * 1080  # larger frames are refused before decoding
 MAX_SAMPLES = 8
 DISPLAY_HEIGHT = 256  # small clips are shown enlarged (nearest neighbour, whole factors) to this height
+GAP = 2  # pixels between clips shown side by side
 BATCH = 4  # clips per forward pass
 CLASS_NAME_MODES = ("auto", "synthetic", "index")
 
@@ -142,15 +143,18 @@ def read_upload(path: str | Path | None, max_frames: int = MAX_FRAMES,
     return frames, info.fps if info.fps > 0 else DEFAULT_FPS, max(info.num_frames, len(frames))
 
 
-def display_frames(clips: np.ndarray, height: int = DISPLAY_HEIGHT) -> np.ndarray:
-    """uint8 (B, T, H, W, 3) -> the same enlarged by a whole factor (nearest neighbour) up to `height`."""
-    factor = max(1, height // clips.shape[2])
-    return clips.repeat(factor, axis=2).repeat(factor, axis=3) if factor > 1 else clips
-
-
-def write_side_by_side(path: Path, clips: np.ndarray, fps: float) -> Path:
-    """Clips uint8 (B, T, H, W, 3) of one size, left to right, as an mp4 enlarged for the page."""
-    return write_mp4(path, display_frames(clips), fps=fps)
+def write_side_by_side(path: Path, clips: Sequence[np.ndarray], fps: float, height: int = DISPLAY_HEIGHT) -> Path:
+    """Clips uint8 (T, H, W, 3) of one size, left to right with 2-pixel gaps, as an mp4 for the page; small
+    clips enlarged by a whole factor (nearest neighbour) up to `height`. Written frame by frame: a long
+    upload is never held twice in memory."""
+    t, h, w, _ = clips[0].shape
+    factor = max(1, height // h)
+    gap = np.zeros((h * factor, GAP, 3), np.uint8)
+    with MP4Writer(path, fps) as writer:
+        for i in range(t):
+            parts = [c[i].repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else c[i] for c in clips]
+            writer.write(np.concatenate([x for part in parts for x in (part, gap)][:-1], axis=1))
+    return path
 
 
 def bits_per_pixel(tokens: VideoTokens) -> float:
@@ -220,10 +224,9 @@ def reconstruct(models: AppModels, video: str | Path | None, out_dir: Path, *, t
                                                    strict=True)):
         progress(0.5 + 0.45 * i / tokens.num_windows, f"decoding window {i + 1} of {tokens.num_windows}")
         meter.update(to_tensor(frames[start : start + real]), chunk)
-        chunks.append(chunk)
+        chunks.append(to_uint8(chunk))  # uint8 at once: a float copy of a long video would be 4x larger
     progress(0.95, "writing the video")
-    recon = to_uint8(torch.cat(chunks, dim=1))
-    path = write_side_by_side(out_dir / f"{name}_reconstruction.mp4", np.stack([frames, recon]), fps)
+    path = write_side_by_side(out_dir / f"{name}_reconstruction.mp4", [frames, np.concatenate(chunks)], fps)
     return Reconstruction(video=path, tokens_file=tokens_file, psnr=meter.value, num_tokens=int(tokens.tokens.size),
                           bits_per_pixel=bits_per_pixel(tokens), num_frames=len(frames), total_frames=total,
                           size=tuple(frames.shape[1:3]), fps=fps, windows=tokens.num_windows, tiles=tokens.num_tiles,
@@ -288,7 +291,8 @@ def generate_clips(models: AppModels, class_index: int, out_dir: Path, *, cfg_sc
     verdict = tuple(synthetic_verdict(v, len(models.class_names)) for v in videos) if models.synthetic else None
     progress(0.9, "writing the video")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = write_side_by_side(out_dir / f"class{class_index}_seed{int(seed)}.mp4", to_uint8(videos), DEFAULT_FPS)
+    path = write_side_by_side(out_dir / f"class{class_index}_seed{int(seed)}.mp4", list(to_uint8(videos)),
+                              DEFAULT_FPS)
     return Samples(video=path, tokens=tokens.cpu(), count=num_samples, class_name=models.class_names[class_index],
                    classified_as=verdict, seconds=time.perf_counter() - t0)
 
@@ -334,7 +338,7 @@ def continue_clip(models: AppModels, video: str | Path | None, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     real = pad_frames(clip, t)
     path = write_side_by_side(out_dir / f"{Path(str(video)).stem or 'clip'}_continued.mp4",
-                              np.stack([to_uint8(real), to_uint8(predicted)]), fps)
+                              [to_uint8(real), to_uint8(predicted)], fps)
     return Continuation(video=path, tokens=tokens.cpu(), context_frames=context_frames, frames=t, seconds=time.perf_counter() - t0)
 
 
