@@ -408,7 +408,7 @@ AR_PRESETS: dict[str, ARConfig] = {
 def tokenizer_preset(name: str) -> TokenizerConfig:
     if name not in TOKENIZER_PRESETS:
         raise ConfigError(f"unknown tokenizer preset {name!r}; expected one of {list(TOKENIZER_PRESETS)}")
-    return dataclasses.replace(TokenizerConfig.from_json_dict(to_dict(TOKENIZER_PRESETS[name])))
+    return TokenizerConfig.from_json_dict(to_dict(TOKENIZER_PRESETS[name]))
 
 
 def ar_preset(name: str) -> ARConfig:
