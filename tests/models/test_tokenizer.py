@@ -134,3 +134,67 @@ def test_sample_categorical_follows_the_probabilities():
     assert torch.equal(draws, again)
     one_hot = torch.zeros(3, 2, 6).index_fill_(-1, torch.tensor([5]), 1.0)
     assert torch.equal(sample_categorical(one_hot), torch.full((3, 2), 5))
+
+
+# ------------------------------------------------------------------------------- the quantiser's codebook
+def quantizer():
+    from larp.models.config import VQArgs
+    from larp.models.quantizer import StochasticVQ
+
+    torch.manual_seed(0)
+    return StochasticVQ(4, VQArgs(codebook_size=6))
+
+
+def test_codebook_is_the_normalised_embedding_and_temperature_must_be_positive():
+    from larp.models.config import VQArgs
+    from larp.models.quantizer import StochasticVQ
+
+    q = quantizer()
+    assert torch.allclose(q.codebook, q.embedding.weight / q.embedding.weight.norm(dim=-1, keepdim=True))
+    assert torch.allclose(q.codebook.norm(dim=-1), torch.ones(6))
+    q.set_temperature(0.5)
+    assert q.temperature == 0.5
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"the sampling temperature must be > 0, got {bad}"):
+            q.set_temperature(bad)
+    assert q.temperature == 0.5
+    with pytest.raises(ValueError, match="must be > 0, got -0.03"):
+        StochasticVQ(4, VQArgs(codebook_size=6, stochastic_temperature=-0.03))
+    StochasticVQ(4, VQArgs(codebook_size=6, stochastic=False, stochastic_temperature=0.0))  # never used
+
+
+def test_replace_codes_sets_the_masked_rows_and_clears_their_adam_state():
+    q = quantizer()
+    opt = torch.optim.Adam(q.parameters(), lr=0.1)
+    q.embedding.weight.grad = torch.ones(6, 4)
+    opt.step()
+    before = q.embedding.weight.detach().clone()
+    mask = torch.tensor([False, True, False, False, True, False])
+    rows = torch.arange(8.0).reshape(2, 4)
+    q.replace_codes(mask, rows, opt)
+    assert torch.equal(q.embedding.weight[mask], rows) and torch.equal(q.embedding.weight[~mask], before[~mask])
+    state = opt.state[q.embedding.weight]
+    assert state["exp_avg"][mask].abs().sum() == 0 and state["exp_avg"][~mask].abs().min() > 0
+    with pytest.raises(ValueError, match=r"expected rows of shape \(2, 4\), got \(3, 4\)"):
+        q.replace_codes(mask, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"expected a bool mask of shape \(6,\), got torch.int64 \(6,\)"):
+        q.replace_codes(mask.long(), rows)
+
+
+def test_init_codebook_puts_codes_on_latents_then_kmeans_spreads_them():
+    latents = torch.nn.functional.normalize(torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(1)), dim=-1)
+    flat = latents.reshape(-1, 4)
+    q = quantizer()
+    q.init_codebook(latents, noise=0.0, generator=torch.Generator().manual_seed(0))
+    distance = torch.cdist(q.embedding.weight, flat).min(dim=1).values
+    assert distance.max() < 1e-6  # every code is one of the 15 latents, without repeats
+    assert torch.unique(torch.cdist(q.embedding.weight, flat).argmin(dim=1)).numel() == 6
+
+    def distortion(codes: torch.Tensor) -> float:
+        return float((flat @ torch.nn.functional.normalize(codes.detach(), dim=-1).t()).max(dim=1).values.mean())
+
+    on_latents = distortion(q.embedding.weight)
+    q.init_codebook(latents, noise=0.0, generator=torch.Generator().manual_seed(0), kmeans_iters=5)
+    assert distortion(q.embedding.weight) >= on_latents  # k-means brings the codes closer to the latents
+    with pytest.raises(ValueError, match="latents must have the codebook's width 4, got 3"):
+        q.init_codebook(torch.zeros(5, 3))
