@@ -11,6 +11,7 @@ flip are seeded by its position in the epoch, not by its batch."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import torch
 from larp import LARPTokenizer, tokenizer_preset
 from larp.train import checkpoint as ckpt
 from larp.train.ar_task import ARTask
-from larp.train.config import ARTrainConfig, load_recipe
+from larp.train.config import ARTrainConfig, TokenizerTrainConfig, effective_batch, load_recipe
 from larp.train.engine import TrainingInterrupted
 from larp.train.run import train
 from larp.train.tokenizer_task import TokenizerTask
 from tests.train.conftest import tiny_recipe
 
+REPO = Path(__file__).resolve().parents[2]
 DETERMINISTIC_TOKENIZER = [
     "model.config.bottleneck.args.regularizer.args.stochastic=false",
     "model.config.prior_model.no_dropout=true", "model.config.prior_model.n_rounds=1",
@@ -137,3 +139,14 @@ def test_accumulated_run_checkpoints_on_optimiser_steps_and_resumes_exactly(tiny
     a, b = last_state(tmp_path / "full")["task"], last_state(tmp_path / "part")["task"]
     assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
     assert torch.equal(a["opt"]["state"][0]["exp_avg"], b["opt"]["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("name, batch", [("larp_l_long.yaml", 128), ("ucf101_ar_lp.yaml", 64), ("k600_fp_lp.yaml", 64)])
+def test_released_recipes_state_their_effective_batch_and_how_to_keep_it(name, batch):
+    text = (REPO / "configs" / name).read_text()
+    recipe = load_recipe(TokenizerTrainConfig if name.startswith("larp") else ARTrainConfig, REPO / "configs" / name)
+    assert effective_batch(recipe, processes=8) == batch
+    b, k = recipe.data.batch_size, recipe.optim.grad_accum_steps
+    assert f"effective batch {b} x 8 GPUs x optim.grad_accum_steps {k} = {batch}" in text
+    alternatives = re.findall(r"(\d) GPUs? -> (\d)", text)
+    assert len(alternatives) >= 2 and all(b * int(gpus) * int(steps) == batch for gpus, steps in alternatives)

@@ -163,3 +163,16 @@ def test_fresh_discriminator_learns_alone_first_with_its_own_warmup(tiny_data, t
         state = ckpt.load_checkpoint(out / "checkpoints" / f"step_{step:08d}")["task"]
         assert state["sched_d"]["_last_lr"][0] == pytest.approx(1e-4 * factor)
         assert state["lecam"]["num_updates"] == step
+
+
+def test_overwrite_refuses_to_delete_the_weights_it_starts_from(tiny_data, tokenizer_folder, tmp_path):
+    from larp.train.run import RunFolderError
+
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    for f in tokenizer_folder.iterdir():
+        (out / "model" / f.name).write_bytes(f.read_bytes())
+    (out / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(RunFolderError, match="lies inside .*which --overwrite would delete"):
+        train(tiny_recipe(tiny_data, out, f"model.init_from={out / 'model'}"), TokenizerTask, overwrite=True)
+    assert (out / "model" / "model.safetensors").exists()

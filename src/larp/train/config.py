@@ -271,6 +271,11 @@ def _validate_common(recipe: Any) -> None:
     recipe.run.validate()
 
 
+def effective_batch(recipe: Any, processes: int = 1) -> int:
+    """Clips per optimiser step: data.batch_size x optim.grad_accum_steps x processes."""
+    return recipe.data.batch_size * recipe.optim.grad_accum_steps * processes
+
+
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in extra.items():

@@ -10,7 +10,7 @@ from typing import Any
 import torch.distributed as dist
 
 from larp.train.checkpoint import OLD_PREFIX, TMP_PREFIX, list_checkpoints
-from larp.train.config import RunConfig, save_recipe
+from larp.train.config import RunConfig, effective_batch, save_recipe
 from larp.train.engine import Engine, setup_context
 from larp.train.tracking import METRICS, WANDB_ID, check_logging
 from larp.utils.config import to_dict
@@ -55,6 +55,15 @@ def prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _check_init_source(recipe: Any, out_dir: Path, overwrite: bool) -> None:
+    source = Path(recipe.model.init_from).expanduser()
+    if overwrite and recipe.model.init_from and source.exists():
+        inside = out_dir.resolve() in (source.resolve(), *source.resolve().parents)
+        if inside:
+            raise RunFolderError(f"model.init_from={recipe.model.init_from} lies inside {out_dir}, which --overwrite "
+                                 "would delete: copy those weights elsewhere first")
+
+
 def train(recipe: Any, task_cls: type, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
     """Train `recipe` with `task_cls(recipe, ctx)` into `recipe.run.out_dir`; returns the last evaluation.
 
@@ -67,6 +76,7 @@ def train(recipe: Any, task_cls: type, resume: bool = False, overwrite: bool = F
     try:
         if ctx.is_main:
             check_logging(run)
+            _check_init_source(recipe, out_dir, overwrite)
             prepare_run_folder(out_dir, resume, overwrite)
         if ctx.distributed:
             dist.barrier()
@@ -75,6 +85,10 @@ def train(recipe: Any, task_cls: type, resume: bool = False, overwrite: bool = F
         task = task_cls(recipe, ctx)
         if ctx.is_main:
             save_recipe(recipe, out_dir / "config.yaml")
+        if ctx.is_main:
+            log.info("effective batch %d: %d clips x %d micro-batches (optim.grad_accum_steps) x %d processes",
+                     effective_batch(recipe, ctx.world_size), recipe.data.batch_size, recipe.optim.grad_accum_steps,
+                     ctx.world_size)
         engine = Engine(run, task, out_dir, to_dict(recipe))
         if resume and not engine.resume() and ctx.is_main:
             log.info("no checkpoint in %s: starting from step 0", out_dir / "checkpoints")
