@@ -261,3 +261,14 @@ def test_config_keys_suggest_the_closest():
     with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['warmup_step', 'zzz'\]; did you mean "
                                           r"'warmup_step' -> 'warmup_steps'\?; known keys are \['lr', "):
         from_dict(Optim, {"warmup_step": 3, "zzz": 1}, "optim")
+
+
+def test_demo_names_the_missing_report_extra(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["demo", "--quick", "-o", str(tmp_path / "demo")]) == 1
+    assert capsys.readouterr().err == ("larp demo: error: the demo's report needs matplotlib, which is not installed: "
+                                       "pip install -e '.[report]'\n")
+    assert not (tmp_path / "demo").exists()

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from larp.utils.config import ConfigError
+from larp.utils.errors import LarpError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -330,6 +331,10 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, overwrite: bool 
 
 
 def _demo_command(args: Any) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # the report's plots; say so now, not after the run
+        raise LarpError("the demo's report needs matplotlib, which is not installed: pip install -e '.[report]'")
     cfg = DemoConfig.smoke(args.seed) if args.quick else DemoConfig(seed=args.seed)
     metrics = run_demo(args.out, cfg, overwrite=args.overwrite)  # errors: one line from larp.cli.main
     print(json.dumps(metrics, indent=2))
