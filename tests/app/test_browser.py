@@ -62,14 +62,13 @@ def server(model_dirs, tmp_path):
     """`larp app` with the tiny models on a free local port; stopped after the test."""
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",  # one thread, as the tests: the same floats
-           "TMPDIR": str(tmp_path / "tmp")}
+           "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "larp.cli", "app", "--tokenizer", str(model_dirs["tokenizer"]),
          "--ar_model", str(model_dirs["ar"]), "--fp_model", str(model_dirs["fp"]), "--class_names", "synthetic",
-         "--device", "cpu", "--port", str(port)],
+         "--device", "cpu", "--threads", "1", "--port", str(port)],  # one thread, as the tests: the same floats
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     running = Server(proc, url)

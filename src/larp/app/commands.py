@@ -40,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise LarpError("the page needs Gradio, which is not installed: pip install -e '.[app]'")
     tokenizer, ar_model = resolve_model_paths(args)
+    import torch
+
     from larp.app import core
     from larp.app.page import launch
     from larp.utils.device import resolve_device
 
+    torch.set_num_threads(args.threads)
     models = core.load_models(tokenizer, ar_model, args.fp_model, device=resolve_device(args.device),
                               names=args.class_names)
     print(f"larp app: serving on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
@@ -75,5 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_option(p, "port", type=positive_int, default=7860, help="the port to serve on")
     add_option(p, "max_frames", type=positive_int, default=MAX_FRAMES,
                help="frames of an upload that are used (the first ones)")
+    add_option(p, "threads", type=positive_int, default=1,
+               help="CPU threads of torch: a request at the demo's sizes is small, and a second thread on a busy "
+                    "CPU made it several times slower (docs/app.md)")
     add_device(p)
     p.set_defaults(func=run)
