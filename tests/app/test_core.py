@@ -89,8 +89,9 @@ def test_generate_refuses_bad_settings(models, model_dirs, tmp_path):
         core.generate_clips(models, 5, tmp_path)
     with pytest.raises(ValueError, match=r"number of samples must lie in 1\.\.8, got 9"):
         core.generate_clips(models, 0, tmp_path, num_samples=9)
-    with pytest.raises(ValueError, match="the seed must be a whole number >= 0, got -1"):
-        core.generate_clips(models, 0, tmp_path, seed=-1)
+    for seed in (-1, 2.5, None, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"the seed must be a whole number >= 0, got {seed}"):
+            core.generate_clips(models, 0, tmp_path, seed=seed)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         core.generate_clips(models, 0, tmp_path, temperature=-0.5)
     no_ar = core.load_models(model_dirs["tokenizer"])

@@ -236,10 +236,14 @@ def reconstruct(models: AppModels, video: str | Path | None, out_dir: Path, *, t
 # ------------------------------------------------------------------------------------------ generation
 
 
-def _generator(seed: float | int, device: torch.device) -> torch.Generator:
-    if seed is None or float(seed) != int(seed) or not 0 <= int(seed) < 2**63:
+def _generator(seed: float | int | None, device: torch.device) -> torch.Generator:
+    try:
+        whole = int(seed) if seed is not None and float(seed) == int(seed) else None
+    except (TypeError, ValueError, OverflowError):  # text, NaN, infinity
+        whole = None
+    if whole is None or not 0 <= whole < 2**63:
         raise ValueError(f"the seed must be a whole number >= 0, got {seed}")
-    return torch.Generator(device=device).manual_seed(int(seed))
+    return torch.Generator(device=device).manual_seed(whole)
 
 
 def synthetic_verdict(video: torch.Tensor, num_classes: int) -> str:
