@@ -71,8 +71,8 @@ class MetricsLogger:
         if self.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops TensorBoard's own events after `step` on resume.
-            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=step or None)
+            # On resume, TensorBoard drops its own events logged after `step` (purge_step and later).
+            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=step + 1 if step else None)
         if self.run.wandb:
             import wandb
 
