@@ -60,6 +60,7 @@ def assert_same_update(a: dict, b: dict, step_size: dict[str, float]) -> None:
                                            msg=f"{opt}.state[{i}].{m}")
 
 
+@pytest.mark.slow
 def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
     whole = tiny_recipe(tiny_data, tmp_path / "b8", "data.batch_size=8", *DETERMINISTIC_TOKENIZER)
     accum = tiny_recipe(tiny_data, tmp_path / "b2x4", "data.batch_size=2", "optim.grad_accum_steps=4",

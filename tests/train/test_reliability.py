@@ -130,6 +130,7 @@ def test_an_unreadable_video_among_the_initialisation_clips_is_skipped(tiny_data
 
 
 # ----------------------------------------------------------------------------------------- best weights
+@pytest.mark.slow
 def test_best_holds_the_weights_that_were_evaluated(tiny_data, tmp_path, monkeypatch):
     # Evaluations at steps 2, 4, 6; checkpoints at 3 and 6. Step 4 scores best, and is no checkpoint step.
     scores = {2: 10.0, 4: 20.0, 6: 5.0}
@@ -205,6 +206,7 @@ def test_missing_logging_package_fails_before_the_run_folder_exists(tiny_data, t
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_wandb_resumes_the_same_run(tiny_data, tmp_path, monkeypatch):
     calls = []
 
