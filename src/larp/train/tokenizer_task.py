@@ -53,7 +53,7 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 class TokenizerTask:
     def __init__(self, recipe: TokenizerTrainConfig, ctx: TrainContext):
         self.recipe, self.ctx = recipe, ctx
-        run, data, loss, spec = recipe.run, recipe.data, recipe.loss, recipe.model
+        run, data, spec = recipe.run, recipe.data, recipe.model
         device = ctx.device
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.model = LARPTokenizer(recipe.model_config()).to(device)
@@ -68,10 +68,31 @@ class TokenizerTask:
         self.train_set = training_videos(data, run.seed)
         self.val_set = validation_videos(data, run.seed)
 
-        # Losses that need weights are built first, so a missing file fails before any work.
+        self._build_losses()  # first: a missing weights file fails before any work
+        self.anti = AntiCollapse(self.model, recipe.codebook)
+        if spec.init_from:  # the initialisations are for a model trained from scratch
+            log.info("codebook/initialisation options skipped: the weights come from %s", spec.init_from)
+        else:
+            first = None
+            if recipe.codebook.init_from_encoder or recipe.codebook.local_linear_init:
+                first = init_clips(self.train_set, max(data.batch_size, 64), run.seed).to(device)
+            self.anti.setup(first)
+        if spec.freeze:
+            log.info("frozen: %s (%d tensors)", ", ".join(spec.freeze), len(freeze(self.model, spec.freeze)))
+        self.ema = make_ema(self.model, run.ema_decay)
+        self._build_optimisers()
+        self.scaler = ctx.grad_scaler()
+        self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
+        self.train_disc = ctx.wrap(self.disc) if self.disc is not None else None
+        torch.manual_seed(run.seed + 7919 * ctx.rank)  # ranks draw different codes and dropout masks
+
+    def _build_losses(self) -> None:
+        """The perceptual loss (and LPIPS for evaluation), the discriminator and LeCam."""
+        recipe, device, mc = self.recipe, self.ctx.device, self.model.config
+        loss = recipe.loss
         self.perceptual = PerceptualLoss().to(device) if loss.perceptual_weight > 0 else None
         self.eval_lpips = self.perceptual  # evaluation reports LPIPS whenever the VGG weights are present
-        if self.eval_lpips is None and data.val_csv:
+        if self.eval_lpips is None and recipe.data.val_csv:
             try:
                 require_vgg_weights()
                 self.eval_lpips = PerceptualLoss().to(device)
@@ -85,32 +106,19 @@ class TokenizerTask:
                 patch=mc.patch_size, frames=mc.frame_num, size=mc.input_size)).to(device)
             self.lecam = LeCam(loss.lecam_decay).to(device)
 
-        self.anti = AntiCollapse(self.model, recipe.codebook)
-        if spec.init_from:  # the initialisations are for a model trained from scratch
-            log.info("codebook/initialisation options skipped: the weights come from %s", spec.init_from)
-        else:
-            first = None
-            if recipe.codebook.init_from_encoder or recipe.codebook.local_linear_init:
-                first = init_clips(self.train_set, max(data.batch_size, 64), run.seed).to(device)
-            self.anti.setup(first)
-        if spec.freeze:
-            log.info("frozen: %s (%d tensors)", ", ".join(spec.freeze), len(freeze(self.model, spec.freeze)))
-        self.ema = make_ema(self.model, run.ema_decay)
-
-        o = recipe.optim
+    def _build_optimisers(self) -> None:
+        """Adam for the tokenizer (learning-rate multipliers for the prior and the patch embedding; frozen
+        parts left out) and for the discriminator, each with its warm-up and cosine schedule."""
+        o, run = self.recipe.optim, self.recipe.run
         groups = prefix_groups(self.model, o.lr, {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult,
                                                   "": 1.0})
-        fused = ctx.device.type == "cuda"  # one kernel per step for all parameters
+        fused = self.ctx.device.type == "cuda"  # one kernel per step for all parameters
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         self.sched_g = make_scheduler(self.opt_g, o, run.max_steps)
         if self.disc is not None:
-            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=recipe.discriminator.lr,
-                                          betas=recipe.discriminator.betas, fused=fused)
-            self.sched_d = make_scheduler(self.opt_d, o, run.max_steps, recipe.discriminator.warmup_steps)
-        self.scaler = ctx.grad_scaler()
-        self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
-        self.train_disc = ctx.wrap(self.disc) if self.disc is not None else None
-        torch.manual_seed(run.seed + 7919 * ctx.rank)  # ranks draw different codes and dropout masks
+            d = self.recipe.discriminator
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=d.lr, betas=d.betas, fused=fused)
+            self.sched_d = make_scheduler(self.opt_d, o, run.max_steps, d.warmup_steps)
 
     # -------------------------------------------------------------------------------------- engine API
     def train_dataset(self) -> VideoClipDataset:
