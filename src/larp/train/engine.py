@@ -185,6 +185,8 @@ class Task(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Optional: `close()`, called when `fit` ends (e.g. to remove hooks).
+
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
