@@ -24,8 +24,9 @@ have to discover, inside the released architecture (no module or key changes; on
    decoder, and the output layer is the least-squares read-out of the decoder's features.
 
 The model then starts near a per-patch PCA autoencoder, far above the mean video (docs/small_scale_recipes.md
-has the measured figures), and LARP training proceeds from there. The patch embedding then needs a small learning rate (`optim.embed_lr_mult`): its fan-in is a whole patch,
-so Adam's per-weight steps move its outputs far more than any other layer's."""
+has the measured figures), and LARP training proceeds from there. The patch embedding then needs a small
+learning rate (`optim.embed_lr_mult`): its fan-in is a whole patch, so Adam's per-weight steps move its
+outputs far more than any other layer's."""
 
 from __future__ import annotations
 
