@@ -228,3 +228,14 @@ def test_wandb_resumes_the_same_run(tiny_data, tmp_path, monkeypatch):
     train(tiny_recipe(tiny_data, out, "run.wandb=true", "run.max_steps=2"), TokenizerTask, overwrite=True)
     assert calls[-1]["id"] != run_id  # a new run is a new W&B run
     assert np.all([c["dir"] == str(out) for c in calls])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only messages")
+def test_cuda_only_settings_are_user_errors_on_the_cpu(tiny_data, tmp_path):
+    from larp.train.engine import setup_context
+
+    for override, message in [("run.precision=bf16", "run.precision='bf16' needs CUDA; use fp32 on cpu"),
+                              ("run.compile=true", "run.compile=true is meant for CUDA"),
+                              ("run.device=cuda", "run.device='cuda' but CUDA is not available")]:
+        with pytest.raises(LarpError, match=message):
+            setup_context(tiny_recipe(tiny_data, tmp_path, override).run)

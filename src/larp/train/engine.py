@@ -109,15 +109,15 @@ def setup_context(run: RunConfig) -> TrainContext:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"run.device={run.device!r} but CUDA is not available on this machine")
+            raise LarpError(f"run.device={run.device!r} but CUDA is not available on this machine")
         device = torch.device("cuda", local if world > 1 else (torch.device(want).index or 0))
         torch.cuda.set_device(device)
     else:
         device = torch.device(want)
     if run.precision != "fp32" and device.type != "cuda":
-        raise RuntimeError(f"run.precision={run.precision!r} needs CUDA; use fp32 on {device.type}")
+        raise LarpError(f"run.precision={run.precision!r} needs CUDA; use fp32 on {device.type}")
     if run.compile and device.type != "cuda":
-        raise RuntimeError("run.compile=true is meant for CUDA; leave it off on the CPU")
+        raise LarpError("run.compile=true is meant for CUDA; leave it off on the CPU")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if run.threads > 0:
@@ -235,7 +235,7 @@ class Engine:
             return False
         folder, state = found
         if state.get("world_size", 1) != self.ctx.world_size:
-            raise RuntimeError(f"{folder} was written by {state.get('world_size')} processes; resuming with "
+            raise LarpError(f"{folder} was written by {state.get('world_size')} processes; resuming with "
                                f"{self.ctx.world_size} would change the data order")
         self.task.load_state_dict(state["task"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
