@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["LARPAR", "LARPTokenizer", "ARConfig", "TokenizerConfig", "ar_preset", "tokenizer_preset",
-           "generate"]
+           "generate", "generate_long"]
 
 _HOMES = {"LARPAR": "larp.models.ar", "LARPTokenizer": "larp.models.tokenizer", "ARConfig": "larp.models.config",
           "TokenizerConfig": "larp.models.config", "ar_preset": "larp.models.config",
-          "tokenizer_preset": "larp.models.config", "generate": "larp.sample.generate"}
+          "tokenizer_preset": "larp.models.config", "generate": "larp.sample.generate",
+          "generate_long": "larp.sample.long"}
 
 if TYPE_CHECKING:
     from larp.models.ar import LARPAR

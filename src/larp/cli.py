@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("larp.train.commands", "train a tokenizer or an AR model from a YAML recipe"),
     "tokenize-dataset": ("larp.train.commands", "encode a dataset once into a token cache for AR training"),
     "sample": ("larp.sample.commands", "sample videos with an AR model for FVD (the reference protocol)"),
+    "generate": ("larp.sample.commands", "videos of a class, or a long continuation by frame prediction"),
     "fvd": ("larp.eval.commands", "FVD between two folders of videos or .npz statistics files"),
     "eval": ("larp.eval.commands", "evaluate a model (see `larp eval tokenizer -h`)"),
     "tokenize": ("larp.videos.commands", "videos -> token files (.npz)"),

@@ -169,11 +169,3 @@ def test_static_decoding_with_grouped_query_attention_and_frame_prediction():
     torch.nn.init.normal_(model.output.weight, std=0.5)
     cond = torch.cat([torch.randint(0, 128, (2, 32)), torch.full((2, 1), 128)], dim=1)
     assert torch.equal(generate(model, cond, top_k=1), generate(model, cond, top_k=1, static=True))
-
-
-def test_bfloat16_generation_and_compile_needs_cuda():
-    model = random_ar()
-    out = generate(model, torch.tensor([0, 1]), top_k=1, dtype=torch.bfloat16)
-    assert out.shape == (2, 32) and int(out.max()) < 128
-    with pytest.raises(ValueError, match="compile=True captures CUDA graphs and needs a CUDA device"):
-        generate(model, torch.tensor([0]), compile=True)

@@ -168,11 +168,11 @@ def test_tokenizer_and_ar_model_must_fit():
     tok = LARPTokenizer(tokenizer_preset("larp-tiny"))
     cfg = ar_preset("ar-tiny")
     cfg.vocab_size = 256
-    with pytest.raises(ValueError, match=r"vocabulary \(256\) differs from the tokenizer's codebook \(128\)"):
+    with pytest.raises(ValueError, match="vocab_size is 256 but the tokenizer's codebook has 128 codes"):
         check_pair(tok, LARPAR(cfg))
     cfg = ar_preset("ar-tiny")
     cfg.max_seq_len = 64
-    with pytest.raises(ValueError, match="generates 64 tokens but the tokenizer uses 32"):
+    with pytest.raises(ValueError, match="makes max_seq_len=64 tokens but the tokenizer uses 32 tokens per clip"):
         check_pair(tok, LARPAR(cfg))
 
 

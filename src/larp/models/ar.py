@@ -44,6 +44,19 @@ class KVCache:
         mask = torch.arange(self.k.shape[2], device=k.device)[None, :] <= pos[:, None]  # (n, L)
         return self.k, self.v, mask
 
+    def write_one(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one position's keys and values, (B, H_kv, head_dim) each, at `pos` (an int or a 0-d tensor)."""
+        if isinstance(pos, int):  # a slice, not an index: torch.compile then keeps `pos` symbolic
+            self.k[:, :, pos:pos + 1] = k.unsqueeze(2)
+            self.v[:, :, pos:pos + 1] = v.unsqueeze(2)
+        else:  # in place at a position held in a tensor: no host sync, the same kernel at every step
+            self.k.index_copy_(2, pos.view(1), k.unsqueeze(2).to(self.k.dtype))
+            self.v.index_copy_(2, pos.view(1), v.unsqueeze(2).to(self.v.dtype))
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ARConfig):
@@ -207,11 +220,10 @@ class LARPAR(HubModelMixin, nn.Module):
             return self.tok_embeddings(cond)
         return self.cls_embedding(cond, generator).unsqueeze(1)
 
-    def forward_hidden(self, h: torch.Tensor, caches: list[KVCache] | None = None, start: int | torch.Tensor = 0
-                       ) -> torch.Tensor:
-        """Embedded positions [start, start + L) -> (B, L, vocab) logits, using and filling `caches`.
-
-        `start` may be a 0-d tensor: then every shape is independent of the position (CUDA graphs)."""
+    def forward_features(self, h: torch.Tensor, caches: list[KVCache] | None = None,
+                         start: int | torch.Tensor = 0) -> torch.Tensor:
+        """Embedded positions [start, start + L) -> (B, L, dim) final hidden states (before `norm`), using
+        and filling `caches`. `start` may be a 0-d tensor: then no shape depends on the position."""
         if isinstance(start, int):
             pe = self.abs_pe[:, start:start + h.shape[1]]
         else:
@@ -219,7 +231,56 @@ class LARPAR(HubModelMixin, nn.Module):
         h = self.tok_dropout(h) + pe
         for i, layer in enumerate(self.layers):
             h = layer(h, caches[i] if caches is not None else None, start)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., dim) -> logits (..., vocab)."""
         return self.output(self.norm(h))
+
+    def forward_hidden(self, h: torch.Tensor, caches: list[KVCache] | None = None, start: int | torch.Tensor = 0
+                       ) -> torch.Tensor:
+        """Embedded positions [start, start + L) -> (B, L, vocab) logits, using and filling `caches`.
+
+        `start` may be a 0-d tensor: then every shape is independent of the position (CUDA graphs)."""
+        return self.head(self.forward_features(h, caches, start))
+
+    def decode_step(self, tokens: torch.Tensor, caches: list[KVCache], pos: int | torch.Tensor) -> torch.Tensor:
+        """One new token per sequence: (B,) ids at position `pos` -> (B, vocab) logits of the next token.
+
+        Inference only (eval mode: no dropout). The operations of `forward_hidden` for one position, in
+        the same order, written out without module calls and per-layer branching: the decoding loop runs
+        this once per token, so its fixed cost per call is most of a step for small models. With an int
+        `pos` attention reads the filled prefix [0, pos]; with a 0-d tensor `pos` it reads the whole cache
+        with the unwritten positions masked, so that no shape depends on the position (CUDA graphs)."""
+        b = tokens.shape[0]
+        static = isinstance(pos, torch.Tensor)
+        if static:
+            pe = self.abs_pe.index_select(1, pos.view(1))
+            mask = (torch.arange(caches[0].length, device=tokens.device) <= pos)[None]  # (1, L)
+        else:
+            pe = self.abs_pe[:, pos:pos + 1]
+            mask = None
+        x = F.embedding(tokens[:, None], self.tok_embeddings.weight) + pe  # (B, 1, dim)
+        first = self.layers[0].attention
+        n_head, n_kv, hd = first.n_head, first.n_kv_head, first.head_dim
+        dim, kv = n_head * hd, n_kv * hd
+        for layer, cache in zip(self.layers, caches, strict=True):
+            attn, ffn = layer.attention, layer.feed_forward
+            q, k, v = F.linear(layer.attention_norm(x), attn.wqkv.weight).split([dim, kv, kv], dim=-1)
+            cache.write_one(pos, k.view(b, n_kv, hd), v.view(b, n_kv, hd))
+            if static:
+                keys, values = cache.k, cache.v
+            else:
+                keys, values = cache.k[:, :, :pos + 1], cache.v[:, :, :pos + 1]
+            if n_kv != n_head:
+                keys = keys.repeat_interleave(n_head // n_kv, dim=1)
+                values = values.repeat_interleave(n_head // n_kv, dim=1)
+            y = F.scaled_dot_product_attention(q.view(b, 1, n_head, hd).transpose(1, 2), keys, values,
+                                               attn_mask=mask)
+            x = x + F.linear(y.transpose(1, 2).reshape(b, 1, dim), attn.wo.weight)
+            h = layer.ffn_norm(x)
+            x = x + F.linear(F.silu(F.linear(h, ffn.w1.weight)) * F.linear(h, ffn.w3.weight), ffn.w2.weight)
+        return self.head(x[:, 0])
 
     def logits(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
                ) -> torch.Tensor:

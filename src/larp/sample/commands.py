@@ -1,9 +1,11 @@
-"""`larp sample`: the reference release's `sample.py` command line (underscore names, hyphenated aliases)."""
+"""`larp sample`: the reference release's `sample.py` command line (underscore names, hyphenated aliases);
+`larp generate`: videos from models alone."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from larp.eval.commands import ENV_I3D_PATH
 from larp.utils import cli as opts
@@ -57,6 +59,71 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "i3d_torchscript.pt, then a verified download)")
     opts.add_option(p, "no_fvd", action="store_true", help="write samples only: no detector, no statistics, no FVD")
     p.set_defaults(func=run)
+    register_generate(sub)
+
+
+GENERATE_DESCRIPTION = """\
+Generate videos with a tokenizer and AR model(s), with no dataset CSV and no FVD (`larp sample` is the
+protocol job). Class-conditional: --num_videos clips of --class_id with --ar_model, written as
+OUT/class{K}_{i}.mp4. Frame prediction (--frame_prediction): one continuous video of --num_frames
+frames per --num_videos, OUT/long_{i}.mp4, continuing the first clip of --context VIDEO (or a
+class-conditional sample of --ar_model --class_id): --fp_model repeatedly predicts a clip from the last
+--num_cond_frames frames and its new frames are appended. OUT/generate.json records the settings."""
+
+
+DEFAULT_CFG_SCALE = 1.25  # the UCF-101 protocol's guidance
+
+
+def register_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate videos of a class, or a long continuation (--frame_prediction)",
+                       description=GENERATE_DESCRIPTION, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    opts.add_tokenizer(p)
+    opts.add_output(p, help="folder for the mp4 files and generate.json", metavar="FOLDER")
+    opts.add_ar_model(p, required=False, help="a class-conditional AR model folder or Hugging Face repo id (default: none; needed for class "
+                              "samples and to start --frame_prediction from one)")
+    opts.add_option(p, "fp_model", default=None, metavar="FP_MODEL",
+                    help="a frame-prediction AR model folder or Hugging Face repo id (default: none; needed by "
+                         "--frame_prediction)")
+    opts.add_option(p, "frame_prediction", "--fp", action="store_true",
+                    help="write a long video by chained frame prediction")
+    opts.add_option(p, "class_id", type=opts.non_negative_int, default=None,
+                    help="the class to sample with --ar_model (default: none; required with it)")
+    opts.add_option(p, "context", default=None, metavar="VIDEO",
+                    help="--frame_prediction: the video whose first clip the long video continues (default: none; "
+                         "else a class-conditional sample starts it)")
+    opts.add_option(p, "num_frames", type=opts.positive_int, default=None,
+                    help="--frame_prediction: frames of each long video (default: none; required with it)")
+    opts.add_option(p, "num_cond_frames", type=opts.positive_int, default=5,
+                    help="--frame_prediction: context frames of each prediction, as the model was trained")
+    opts.add_option(p, "num_videos", type=opts.positive_int, default=1, help="videos to generate (one batch)")
+    opts.add_option(p, "cfg_scale", "--cs", type=opts.non_negative_float, default=DEFAULT_CFG_SCALE,
+                    help="classifier-free guidance scale of the class-conditional model, 1: off")
+    opts.add_option(p, "cfg_interval", type=int, default=-1,
+                    help="guide only the first tokens up to this one (-1: all tokens)")
+    opts.add_option(p, "temperature", type=opts.positive_float, default=1.0, help="sampling temperature")
+    opts.add_option(p, "top_k", type=opts.non_negative_int, default=0, help="keep the k most likely tokens (0: all)")
+    opts.add_option(p, "top_p", type=opts.probability, default=1.0, help="nucleus sampling mass (1: off)")
+    opts.add_seed(p, help="sampling seed")
+    opts.add_option(p, "fps", type=opts.positive_float, default=8.0, help="frame rate of the mp4 files")
+    opts.add_device(p)
+    opts.add_dtype(p, default=None, choices=("float32", "bfloat16"),
+                   help="AR model precision (default: bfloat16 on CUDA, float32 on CPU); the tokenizer runs in "
+                        "float32")
+    opts.add_option(p, "compile", action="store_true",
+                    help="compile the decode step with torch.compile (pays off for long or many videos)")
+    opts.add_overwrite(p)
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from larp.sample.generate_cli import GenerateConfig, run_generate
+
+    cfg = GenerateConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerateConfig)})
+    record = run_generate(cfg)
+    for video in record["videos"]:
+        print(Path(cfg.out) / video["file"])
+    return 0
 
 
 def config_from_args(args: argparse.Namespace):

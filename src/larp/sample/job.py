@@ -45,7 +45,8 @@ from larp.eval import fvd as fvd_lib
 from larp.eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
-from larp.sample.generate import frame_prediction_condition, generate
+from larp.sample.condition import check_pair, frame_prediction_condition
+from larp.sample.generate import generate
 from larp.sample.shards import (
     LOCK_STALE_SECONDS,
     MergeLock,
@@ -163,14 +164,8 @@ def check_numbers(cfg: SampleConfig) -> None:
 
 def check_models_fit(tokenizer: LARPTokenizer, ar: LARPAR, cfg: SampleConfig) -> None:
     """The AR model must predict this tokenizer's codes, as many as it makes, in the asked mode."""
-    a, k, n = ar.config, tokenizer.codebook_size, tokenizer.num_tokens
-    where = f"(AR model {cfg.ar_model}, tokenizer {cfg.tokenizer})"
-    if a.vocab_size != k:
-        raise ValueError(f"the AR model's vocab_size is {a.vocab_size} but the tokenizer's codebook has {k} "
-                         f"codes; they do not fit together {where}")
-    if a.max_seq_len != n:
-        raise ValueError(f"the AR model makes max_seq_len={a.max_seq_len} tokens but the tokenizer uses {n} "
-                         f"tokens per clip; they do not fit together {where}")
+    check_pair(tokenizer, ar, f"(AR model {cfg.ar_model}, tokenizer {cfg.tokenizer})")
+    a = ar.config
     if a.frame_prediction and not cfg.fp:
         raise ValueError(f"{cfg.ar_model} is a frame-prediction model; pass --fp and --num_cond_frames")
     if cfg.fp and not a.frame_prediction:

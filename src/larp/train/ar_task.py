@@ -17,28 +17,18 @@ from torch import nn
 from larp.data.video_io import write_gif, write_png_grid
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
+from larp.sample.condition import check_pair, pad_context
 from larp.sample.generate import generate
 from larp.train.config import ARTrainConfig
 from larp.train.data import training_videos, validation_videos
 from larp.train.engine import TrainContext
 from larp.train.finetune import load_init_weights
 from larp.train.optim import decay_groups, make_ema, make_scheduler
-from larp.train.token_cache import TokenCacheDataset, pad_context
+from larp.train.token_cache import TokenCacheDataset
 
 __all__ = ["ARTask", "check_pair", "decay_groups"]
 
 log = logging.getLogger("larp.train")
-
-
-def check_pair(tokenizer: LARPTokenizer, ar: LARPAR) -> None:
-    """Raise when the AR model cannot run on this tokenizer's tokens."""
-    cfg = ar.config
-    if cfg.vocab_size != tokenizer.codebook_size:
-        raise ValueError(f"the AR model's vocabulary ({cfg.vocab_size}) differs from the tokenizer's codebook "
-                         f"({tokenizer.codebook_size})")
-    if cfg.max_seq_len != tokenizer.num_tokens:
-        raise ValueError(f"the AR model generates {cfg.max_seq_len} tokens but the tokenizer uses "
-                         f"{tokenizer.num_tokens} per clip")
 
 
 class ARTask:

@@ -26,6 +26,7 @@ from larp.data.datasets import VideoClipDataset
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import VideoReadError, probe_video, read_clip
 from larp.models.tokenizer import LARPTokenizer
+from larp.sample.condition import pad_context
 
 META = "meta.json"
 
@@ -59,13 +60,6 @@ def clip_for_entry(dataset: VideoClipDataset, video: int, start: int, flip: bool
     frames = read_clip(row.path, dataset.num_frames, start)
     clip = ClipTransform(dataset.size, train=False)(frames)  # deterministic resize + centre crop
     return clip.flip(-1) if flip else clip
-
-
-def pad_context(clips: torch.Tensor, context_frames: int) -> torch.Tensor:
-    """(B, 3, T, H, W) -> the first `context_frames` frames padded to T by repeating the last one."""
-    t = clips.shape[2]
-    ctx = clips[:, :, :context_frames]
-    return torch.cat([ctx, ctx[:, :, -1:].expand(-1, -1, t - context_frames, -1, -1)], dim=2)
 
 
 @torch.no_grad()
