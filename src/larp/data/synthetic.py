@@ -421,12 +421,16 @@ def classify_clip(video: torch.Tensor | np.ndarray, num_classes: int = 10) -> in
     Nearest palette hue among the colours in use, then, among the classes of that colour, the motion
     whose angle is nearest to the fitted path of the object's centroid. Shape is not used: this is the
     lenient class (see `clip_attributes` and `strict_correct` for the strict one)."""
+    return lenient_class(analyse_clip(video), num_classes)
+
+
+def lenient_class(analysis: ClipAnalysis, num_classes: int = 10) -> int:
+    """`classify_clip` from an analysis already made."""
     specs = synthetic_classes(num_classes)
-    a = analyse_clip(video)
-    rgb = np.full(3, 0.5) if np.isnan(a.rgb).any() else a.rgb
+    rgb = np.full(3, 0.5) if np.isnan(analysis.rgb).any() else analysis.rgb
     colour = nearest_colour(rgb, sorted({s.colour for s in specs}, key=list(COLOURS).index))
     candidates = [s for s in specs if s.colour == colour]
-    return min(candidates, key=lambda s: abs(a.angle - MOTIONS[s.motion])).index
+    return min(candidates, key=lambda s: abs(analysis.angle - MOTIONS[s.motion])).index
 
 
 def classify_clips(videos: torch.Tensor | np.ndarray, num_classes: int = 10) -> np.ndarray:

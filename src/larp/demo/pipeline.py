@@ -2,17 +2,19 @@
 
 Stages, each resumable (a finished stage is skipped when the demo runs again in the same folder):
   1. data        write the synthetic dataset (train / val mp4 clips and CSVs)
-  2. tokenizer   train the small LARP tokenizer with its prior loss (configs/tiny_synthetic.yaml)
-  3. recon       reconstruction of the validation clips: PSNR, SSIM, codebook usage, class kept
+  2. tokenizer   train the small LARP tokenizer with its prior loss (recipe: larp/configs/tiny_synthetic.yaml)
+  3. recon       reconstruct every validation clip: PSNR, SSIM, codebook usage, object IoU and PSNR, strict
+                 class accuracy, sFVD (larp.eval.reconstruction, larp.eval.synthetic)
   4. tokens      encode the training clips once (token cache)
-  5. ar          train a small class-conditional AR model on the tokens (configs/tiny_synthetic_ar.yaml)
+  5. ar          train a small class-conditional AR model on the tokens (larp/configs/tiny_synthetic_ar.yaml)
   6. samples     sample videos per class with classifier-free guidance
-  7. score       classify the samples with the dataset's analytic classifier
-  8. report      report.html, metrics.json and plots"""
+  7. score       score the samples: strict class accuracy, coherent fraction, sFVD
+  8. report      report.html, metrics.json and pictures"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import shutil
 import time
@@ -27,33 +29,16 @@ from tqdm.auto import tqdm
 from larp.utils.config import ConfigError
 from larp.utils.errors import LarpError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
+TOKENIZER_RECIPE = "tiny_synthetic.yaml"  # files of the package's `configs` folder (configs/ links to them)
+AR_RECIPE = "tiny_synthetic_ar.yaml"
 
-# The demo's recipes, as `key=value` overrides of the trainers' defaults. The tokenizer runs on one torch
-# thread (its matrices are small: a second thread gains little, and a shared CPU makes it several times
-# slower); the AR model's batch of 16 x 65 positions gains 1.5-2x from a second one on an idle machine.
-# configs/tiny_synthetic.yaml and configs/tiny_synthetic_ar.yaml hold the same values (a test keeps them equal).
-TOKENIZER_RECIPE = [
-    "model.preset=larp-synthetic-64",
-    "data.num_frames=16", "data.size=64", "data.batch_size=8", "data.num_workers=0", "data.val_clips=64",
-    "data.cache_mb=512",
-    "optim.lr=3e-4", "optim.betas=[0.9, 0.99]", "optim.warmup_steps=20", "optim.min_lr_ratio=0.1",
-    "optim.grad_clip=1.0", "optim.prior_lr_mult=1.0", "optim.embed_lr_mult=0.01",
-    "loss.pixel=l1", "loss.l2_weight=1.0", "loss.perceptual_weight=0", "loss.gan_weight=0", "loss.vq_weight=0.1",
-    "loss.prior_weight=0.06",
-    "codebook.local_linear_init=true", "codebook.init_from_encoder=true", "codebook.init_kmeans_iters=10",
-    "codebook.dead_code_steps=50",
-    "run.threads=1", "run.max_steps=1200", "run.log_every=10", "run.eval_every=300", "run.ckpt_every=300", "run.keep_last=2",
-    "run.best_metric=val/psnr",
-]
-AR_RECIPE = [
-    "model.preset=ar-synthetic",
-    "data.num_frames=16", "data.size=64", "data.batch_size=16", "data.num_workers=0", "data.val_clips=16",
-    "optim.lr=1e-3", "optim.betas=[0.9, 0.95]", "optim.weight_decay=0.05", "optim.warmup_steps=50",
-    "optim.min_lr_ratio=0.1", "optim.grad_clip=1.0",
-    "run.threads=2", "run.max_steps=1000", "run.log_every=10", "run.eval_every=250", "run.ckpt_every=250",
-    "run.keep_last=2",
-]
+
+def recipe_file(name: str) -> Path:
+    """A recipe shipped with the package (`larp/configs/<name>`), wherever larp is installed."""
+    path = Path(str(importlib.resources.files("larp") / "configs" / name))
+    if not path.is_file():
+        raise ConfigError(f"the recipe {name} is missing from the installed package ({path})")
+    return path
 
 
 @dataclass
@@ -62,25 +47,26 @@ class DemoConfig:
     clips_per_class: int = 128  # 96 training + 32 validation clips per class; 64 left the AR model overfitting
     frames: int = 16
     size: int = 64
-    windows_per_video: int = 4  # token-cache windows per training video, distinct starts only (each also flipped)
-    samples_per_class: int = 4
+    samples_per_class: int = 20  # 200 samples: strict accuracy to about +-3 points
     cfg_scale: float = 3.0
     temperature: float = 1.0
+    top_k: int = 0
     seed: int = 0
     quick: bool = False  # a few steps per stage (tests, smoke runs)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> DemoConfig:
         """A few steps per stage on a few clips: checks the pipeline, not the figures."""
-        return cls(clips_per_class=4, windows_per_video=1, samples_per_class=1, seed=seed, quick=True)
+        return cls(clips_per_class=4, samples_per_class=1, seed=seed, quick=True)
 
     def tokenizer_overrides(self) -> list[str]:
+        """The demo's changes to the shipped tokenizer recipe: its seed, and few steps when quick."""
         extra = ["run.max_steps=4", "run.eval_every=2", "run.ckpt_every=2", "data.val_clips=8"] if self.quick else []
-        return TOKENIZER_RECIPE + [f"run.seed={self.seed}"] + extra
+        return [f"run.seed={self.seed}"] + extra
 
     def ar_overrides(self) -> list[str]:
         extra = ["run.max_steps=4", "run.eval_every=2", "run.ckpt_every=2", "data.val_clips=4"] if self.quick else []
-        return AR_RECIPE + [f"run.seed={self.seed}", f"model.config.num_classes={self.classes}"] + extra
+        return [f"run.seed={self.seed}", f"model.config.num_classes={self.classes}"] + extra
 
 
 class Demo:
@@ -91,16 +77,30 @@ class Demo:
         self.state: dict[str, Any] = json.loads(self.state_file.read_text())
 
     # ------------------------------------------------------------------------------------ folder
+    def tokenizer_recipe(self, extra: list[str] | None = None) -> Any:
+        from larp.train.config import TokenizerTrainConfig, load_recipe
+
+        return load_recipe(TokenizerTrainConfig, recipe_file(TOKENIZER_RECIPE),
+                           self.cfg.tokenizer_overrides() + (extra or []))
+
+    def ar_recipe(self, extra: list[str] | None = None) -> Any:
+        from larp.train.config import ARTrainConfig, load_recipe
+
+        return load_recipe(ARTrainConfig, recipe_file(AR_RECIPE), self.cfg.ar_overrides() + (extra or []))
+
     def recipes(self) -> dict[str, Any]:
-        """The resolved training recipes (presets included): what a finished stage's results depend on
-        beyond DemoConfig, so that a demo folder from another version of them is never resumed."""
-        from larp.train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
+        """The resolved training recipes (presets included, paths left out): what a finished stage's results
+        depend on beyond DemoConfig, so that a demo folder from another version of them is never resumed."""
         from larp.utils.config import to_dict
 
-        tok = load_recipe(TokenizerTrainConfig, None, self.cfg.tokenizer_overrides())
-        ar = load_recipe(ARTrainConfig, None, self.cfg.ar_overrides())
-        return {"tokenizer": {**to_dict(tok), "model_config": to_dict(tok.model_config())},
-                "ar": {**to_dict(ar), "model_config": to_dict(ar.model_config())}}
+        tok, ar = to_dict(self.tokenizer_recipe()), to_dict(self.ar_recipe())
+        for recipe in (tok, ar):
+            recipe["run"].pop("out_dir", None)
+            for key in ("train_csv", "val_csv", "token_cache"):
+                recipe["data"].pop(key, None)
+            recipe.get("tokenizer", {}).pop("path", None)
+        return {"tokenizer": {**tok, "model_config": to_dict(self.tokenizer_recipe().model_config())},
+                "ar": {**ar, "model_config": to_dict(self.ar_recipe().model_config())}}
 
     def _claim_folder(self, overwrite: bool) -> None:
         wanted = asdict(self.cfg)
@@ -147,9 +147,10 @@ class Demo:
                 tqdm.write(f"[{i}/{len(stages)}] {name}: done earlier, skipped")
                 continue
             tqdm.write(f"[{i}/{len(stages)}] {name}")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             info = fn() or {}
             info["seconds"] = time.perf_counter() - t0
+            info["cpu_seconds"] = time.process_time() - c0
             self._finish(name, info)
         return json.loads((self.out / "metrics.json").read_text())
 
@@ -165,14 +166,13 @@ class Demo:
         return self.state["done"]["data"]
 
     def stage_tokenizer(self) -> dict[str, Any]:
-        from larp.train.config import TokenizerTrainConfig, load_recipe
         from larp.train.run import train
         from larp.train.tokenizer_task import TokenizerTask
 
         d = self._data()
         run_dir = self.out / "tokenizer"
-        recipe = load_recipe(TokenizerTrainConfig, None, self.cfg.tokenizer_overrides() + [
-            f"data.train_csv={d['train']}", f"data.val_csv={d['val']}", f"run.out_dir={run_dir}"])
+        recipe = self.tokenizer_recipe([f"data.train_csv={d['train']}", f"data.val_csv={d['val']}",
+                                        f"run.out_dir={run_dir}"])
         resume = (run_dir / "checkpoints").is_dir()
         metrics = train(recipe, TokenizerTask, resume=resume, overwrite=not resume)
         return {"model": str(run_dir / "model"), "final_eval": metrics}
@@ -182,39 +182,48 @@ class Demo:
 
         return LARPTokenizer.from_pretrained(self.state["done"]["tokenizer"]["model"])
 
+    def _clips(self, split: str, count: int | None = None, batch: int = 16):
+        """(videos (B, 3, T, H, W), labels) batches of the first `count` clips of a split (all by default)."""
+        from larp.data.datasets import VideoCSVDataset
+
+        ds = VideoCSVDataset(self._data()[split], num_frames=self.cfg.frames, size=self.cfg.size, seed=self.cfg.seed)
+        n = len(ds) if count is None else min(count, len(ds))
+        for start in range(0, n, batch):
+            items = [ds[i] for i in range(start, min(start + batch, n))]
+            yield torch.stack([it["video"] for it in items]), [int(it["label"]) for it in items]
+
     @torch.no_grad()
     def stage_recon(self) -> dict[str, Any]:
-        from larp.data.datasets import VideoCSVDataset
-        from larp.data.synthetic import classify_clips
-        from larp.data.video_io import write_gif, write_png_grid
-        from larp.eval.metrics import psnr, ssim
-        from larp.train.codebook import CodebookMonitor
+        from safetensors.torch import save_file
 
-        tok = self._tokenizer()
-        val = VideoCSVDataset(self._data()["val"], num_frames=self.cfg.frames, size=self.cfg.size, seed=self.cfg.seed)
-        monitor = CodebookMonitor(tok.codebook_size, window=10**6)
-        psnrs, ssims, kept = [], [], []
-        for start in tqdm(range(0, len(val), 16), desc="reconstruct"):
-            items = [val[i] for i in range(start, min(start + 16, len(val)))]
-            video = torch.stack([it["video"] for it in items])
-            idx = tok.encode(video)
-            monitor.update(idx)
-            recon = tok.decode(idx).clamp(0, 1)
-            psnrs += psnr(recon, video).tolist()
-            ssims += ssim(recon, video).tolist()
-            labels = np.array([it["label"] for it in items])
-            kept += (classify_clips(recon, self.cfg.classes) == labels).tolist()
-        # One clip of each of the first six classes (the CSV is ordered by class), over its reconstruction.
-        firsts = [val.labels.index(k) for k in range(min(6, self.cfg.classes)) if k in val.labels]
-        real = torch.stack([val[i]["video"] for i in firsts])
-        shown = torch.cat([real, tok.decode(tok.encode(real)).clamp(0, 1)])
-        stats = monitor.stats()
-        pics = self.out / "pictures"
-        write_png_grid(pics / "recon.png", shown)
-        write_gif(pics / "recon.gif", shown)
-        return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims)),
-                "codebook_usage": stats["codebook_usage"], "codebook_perplexity": stats["codebook_perplexity"],
-                "recon_class_accuracy": float(np.mean(kept)), "val_clips": len(val)}
+        from larp.eval.reconstruction import reconstruction_metrics
+        from larp.eval.synthetic import SyntheticReference, attribute_scores
+
+        c = self.cfg
+        # The CSV lists clip 0 of every class, then clip 1...: the first `classes` clips are one per class.
+        result = reconstruction_metrics(tqdm(self._clips("val"), desc="reconstruct", unit="batch"),
+                                        self._tokenizer(), synthetic=True, num_classes=c.classes,
+                                        keep_examples=c.classes)
+        m, objects = result.metrics, result.objects
+        reference = SyntheticReference(np.stack(objects.real_features))
+        # The finite-sample floor of sFVD: real training clips (never reconstructed) against the reference.
+        train_real = torch.cat([v for v, _ in self._clips("train", 20 * c.classes)])
+        real = attribute_scores(objects.real_analyses, result.labels, c.classes)
+        folder = self.out / "recon"
+        folder.mkdir(parents=True, exist_ok=True)
+        real_ex, recon_ex = result.examples
+        save_file({"real_features": torch.from_numpy(reference.features),
+                   "real": torch.from_numpy(_uint8(real_ex)), "recon": torch.from_numpy(_uint8(recon_ex))},
+                  str(folder / "recon.safetensors"))
+        return {"val_psnr": m["psnr"], "val_ssim": m["ssim"], "codebook_usage": m["codebook_usage"],
+                "codebook_perplexity": m["codebook_perplexity"], "val_clips": int(m["clips"]),
+                "recon_class_accuracy": m["class_accuracy"], "recon_strict_accuracy": m["strict_accuracy"],
+                "recon_colour_accuracy": m["colour_accuracy"], "recon_shape_accuracy": m["shape_accuracy"],
+                "recon_motion_accuracy": m["motion_accuracy"], "recon_object_iou": m["object_iou"],
+                "recon_object_iou_median": m["object_iou_median"], "recon_object_psnr": m["object_psnr"],
+                "recon_background_psnr": m["background_psnr"], "recon_coherent_fraction": m["coherent_fraction"],
+                "recon_sfvd": m["sfvd"], "sfvd_real_floor": reference.sfvd(train_real),
+                "real_strict_accuracy": real["strict_accuracy"], "file": str(folder / "recon.safetensors")}
 
     def stage_tokens(self) -> dict[str, Any]:
         from larp.data.datasets import VideoCSVDataset
@@ -224,19 +233,18 @@ class Demo:
         cache = self.out / "tokens"
         shutil.rmtree(cache, ignore_errors=True)  # an interrupted build left no meta.json: start it again
         ds = VideoCSVDataset(self._data()["train"], num_frames=self.cfg.frames, size=self.cfg.size)
+        # Clips are exactly `frames` long: one window each, and its mirror image.
         meta = build_token_cache(tok, ds, cache, tokenizer_id=self.state["done"]["tokenizer"]["model"],
-                                 windows_per_video=self.cfg.windows_per_video,
-                                 flip=True, seed=self.cfg.seed, batch_size=16)
+                                 windows_per_video=1, flip=True, seed=self.cfg.seed, batch_size=16)
         return {"cache": str(cache), "entries": meta.num_entries}
 
     def stage_ar(self) -> dict[str, Any]:
         from larp.train.ar_task import ARTask
-        from larp.train.config import ARTrainConfig, load_recipe
         from larp.train.run import train
 
         tok = self._tokenizer()
         run_dir = self.out / "ar"
-        recipe = load_recipe(ARTrainConfig, None, self.cfg.ar_overrides() + [
+        recipe = self.ar_recipe([
             f"model.config.vocab_size={tok.codebook_size}", f"model.config.max_seq_len={tok.num_tokens}",
             f"tokenizer.path={self.state['done']['tokenizer']['model']}",
             f"data.token_cache={self.state['done']['tokens']['cache']}", f"data.val_csv={self._data()['val']}",
@@ -247,7 +255,9 @@ class Demo:
 
     @torch.no_grad()
     def stage_samples(self) -> dict[str, Any]:
-        from larp.data.video_io import write_gif, write_mp4, write_png_grid
+        from safetensors.torch import save_file
+
+        from larp.data.video_write import write_mp4
         from larp.models.ar import LARPAR
         from larp.sample.generate import generate
 
@@ -258,72 +268,39 @@ class Demo:
         labels = torch.arange(c.classes).repeat_interleave(c.samples_per_class)
         g = torch.Generator().manual_seed(c.seed)
         videos = []
-        for start in tqdm(range(0, len(labels), 20), desc="sample"):
-            cond = labels[start:start + 20]
-            tokens = generate(ar, cond, cfg_scale=c.cfg_scale, temperature=c.temperature, generator=g)
-            videos.append(tok.decode(tokens).clamp(0, 1))
-        videos = torch.cat(videos)
-        files = []
+        for start in tqdm(range(0, len(labels), 50), desc="sample", unit="batch"):
+            tokens = generate(ar, labels[start:start + 50], cfg_scale=c.cfg_scale, temperature=c.temperature,
+                              top_k=c.top_k, generator=g)
+            videos.append(torch.from_numpy(_uint8(tok.decode(tokens))))
+        videos = torch.cat(videos)  # uint8 (N, T, H, W, 3): what the mp4 files and the pictures show
         for i, (v, y) in enumerate(zip(videos, labels.tolist(), strict=True)):
-            files.append(str(write_mp4(folder / f"{i:04d}_class{y}.mp4", v)))
-        from safetensors.torch import save_file  # the samples, for scoring: no pickle
-
+            write_mp4(folder / f"{i:04d}_class{y}.mp4", v.numpy())
         save_file({"videos": videos.contiguous(), "labels": labels}, str(folder / "samples.safetensors"))
-        pics = self.out / "pictures"
-        for k in range(c.classes):
-            rows = videos[labels == k]
-            write_gif(pics / f"class{k}.gif", rows)
-        write_png_grid(pics / "samples.png", videos[:: c.samples_per_class])
-        return {"count": len(files), "folder": str(folder)}
+        return {"count": len(labels), "folder": str(folder)}
 
     def stage_score(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        from larp.data.synthetic import classify_clips
+        from larp.eval.synthetic import SyntheticReference, sample_metrics
 
-        data = load_file(str(self.out / "samples" / "samples.safetensors"))
-        pred = classify_clips(data["videos"], self.cfg.classes)
-        labels = data["labels"].numpy()
-        per_class = {int(k): float((pred[labels == k] == k).mean()) for k in np.unique(labels)}
-        return {"sample_class_accuracy": float((pred == labels).mean()), "per_class": per_class,
-                "chance": 1.0 / self.cfg.classes}
+        samples = load_file(str(self.out / "samples" / "samples.safetensors"))
+        recon = load_file(self.state["done"]["recon"]["file"])
+        reference = SyntheticReference(recon["real_features"].numpy())
+        videos = samples["videos"].permute(0, 4, 1, 2, 3).float() / 255
+        scores = sample_metrics(videos, samples["labels"].tolist(), reference, num_classes=self.cfg.classes)
+        return {**scores, "chance": 1.0 / self.cfg.classes}
 
     def stage_report(self) -> dict[str, Any]:
-        from larp.data.synthetic import synthetic_classes
-        from larp.demo.report import plot_curves, write_report
+        from larp.demo.figures import write_demo_report
 
-        done = self.state["done"]
-        recon, score = done["recon"], done["score"]
-        metrics = {
-            "val_psnr_db": recon["val_psnr"], "val_ssim": recon["val_ssim"],
-            "codebook_usage": recon["codebook_usage"], "codebook_perplexity": recon["codebook_perplexity"],
-            "recon_class_accuracy": recon["recon_class_accuracy"],
-            "sample_class_accuracy": score["sample_class_accuracy"], "chance_accuracy": score["chance"],
-            "tokenizer_train_seconds": done["tokenizer"]["seconds"], "ar_train_seconds": done["ar"]["seconds"],
-            "total_seconds": sum(v.get("seconds", 0.0) for v in done.values()),
-            "quick": self.cfg.quick,
-        }
-        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        pics = self.out / "pictures"
-        curves = [p for p in (
-            plot_curves({"tokenizer": self.out / "tokenizer" / "metrics.jsonl"},
-                        ["train/loss", "train/prior_ce", "val/psnr", "train/codebook_usage"],
-                        pics / "tokenizer_curves.png", "tokenizer training"),
-            plot_curves({"ar": self.out / "ar" / "metrics.jsonl"}, ["train/loss", "val/loss"],
-                        pics / "ar_curves.png", "AR training")) if p is not None]
-        names = [s.name for s in synthetic_classes(self.cfg.classes)]
-        sections = [
-            ("Real (top rows) vs reconstructed (bottom rows) validation clips",
-             [("animated", pics / "recon.gif"), ("frames over time", pics / "recon.png")]),
-            (f"Generated clips per class (guidance {self.cfg.cfg_scale:.2g})",
-             [(f"class {k}: {names[k]} ({score['per_class'].get(k, score['per_class'].get(str(k), 0)):.0%} "
-               "classified correctly)", pics / f"class{k}.gif") for k in range(self.cfg.classes)]),
-            ("Loss curves", [(p.stem, p) for p in curves]),
-        ]
-        report = write_report(self.out / "report.html", "larp demo: LARP on synthetic videos", metrics, sections,
-                              notes=["A LARP tokenizer (holistic queries, stochastic VQ, AR prior) and a "
-                                     "class-conditional AR model trained from scratch on this machine."])
-        return {"report": str(report)}
+        return write_demo_report(self)
+
+
+def _uint8(videos: torch.Tensor) -> np.ndarray:
+    """float (B, 3, T, H, W) -> uint8 (B, T, H, W, 3), clamped and rounded (as written to files)."""
+    from larp.data.video_write import to_uint8
+
+    return to_uint8(videos)
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, overwrite: bool = False) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from larp.data.prepare import VideoRow
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import probe_video, read_clip
 from larp.eval import fvd as fvd_lib
-from larp.eval.metrics import LPIPSMetric, psnr, ssim
-from larp.utils.device import autocast
+from larp.eval.metrics import LPIPSMetric
+from larp.eval.reconstruction import reconstruction_metrics
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,6 @@ def _detector_record(detector: torch.nn.Module | str | os.PathLike | None,
     return fvd_lib.load_detector(path, device), {"path": str(path), "sha256": fvd_lib.sha256_of(path)}
 
 
-@torch.no_grad()
-def reconstruct(tokenizer: torch.nn.Module, video: torch.Tensor, deterministic: bool = True,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Encode, quantise and decode a batch (no prior loss); the output is not clamped."""
-    tokenizer.check_video(video)
-    quantized = tokenizer.quantize(tokenizer.encode_continuous(video), deterministic, generator).quantized
-    return tokenizer.decode_latents(quantized)
-
-
 def evaluate_tokenizer(
     tokenizer: torch.nn.Module,
     dataset_csv: str | os.PathLike,
@@ -157,29 +148,13 @@ def evaluate_tokenizer(
     _, frames, size, _ = tokenizer.video_shape
     dataset = VideoCSVDataset(csv_path, num_frames=frames, size=size, train=False, seed=seed)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    tokenizer = tokenizer.to(device).eval()
     generator = None if deterministic else torch.Generator(device).manual_seed(seed)
-    real_stats, recon_stats = fvd_lib.FeatureStats(), fvd_lib.FeatureStats()
-    sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
-    count = 0
-    for batch in tqdm(loader, desc=f"rFVD ({proto.name})", unit="batch", disable=not progress):
-        video = batch["video"].to(device)
-        with autocast(device, amp_dtype(device, use_amp)):
-            recon = reconstruct(tokenizer, video, deterministic, generator)
-        recon = recon.float().clamp(0, 1)
-        if det_module is not None:
-            real_stats.add(fvd_lib.extract_features(det_module, video))
-            recon_stats.add(fvd_lib.extract_features(det_module, recon))
-        count += video.shape[0]
-        sums["psnr"] += psnr(recon, video).sum().item()
-        sums["ssim"] += ssim(recon, video).sum().item()
-        if lpips_metric is not None:
-            sums["lpips"] += lpips_metric(recon, video).sum().item()
-    metrics = {"psnr": sums["psnr"] / count, "ssim": sums["ssim"] / count}
-    if det_module is not None:
-        metrics = {"rfvd": fvd_lib.fvd(real_stats, recon_stats), **metrics}
-    if lpips_metric is not None:
-        metrics["lpips"] = sums["lpips"] / count
+    result = reconstruction_metrics(
+        tqdm(loader, desc=f"rFVD ({proto.name})", unit="batch", disable=not progress), tokenizer,
+        device=device, dtype=amp_dtype(device, use_amp), deterministic=deterministic, generator=generator,
+        lpips=lpips_metric, detector=det_module)
+    real_stats, recon_stats, count = result.real_stats, result.recon_stats, int(result.metrics["clips"])
+    metrics = {k: result.metrics[k] for k in ("rfvd", "psnr", "ssim", "lpips") if k in result.metrics}
     if stats_dir is not None and det_module is not None:
         real_stats.save(Path(stats_dir) / "real.npz")
         recon_stats.save(Path(stats_dir) / "recon.npz")

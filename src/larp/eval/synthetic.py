@@ -29,6 +29,7 @@ from larp.data.synthetic import (
     ClipAnalysis,
     CoherenceRule,
     analyse_clip,
+    lenient_class,
     strict_correct,
     synthetic_class,
 )
@@ -153,8 +154,10 @@ class SyntheticReference:
                                 np.cov(z, rowvar=False))
 
 
-def attribute_scores(analyses: Sequence[ClipAnalysis], labels: Sequence[int]) -> dict[str, float]:
-    """Strict accuracy (colour, shape and motion all right) and the accuracy of each attribute."""
+def attribute_scores(analyses: Sequence[ClipAnalysis], labels: Sequence[int],
+                     num_classes: int = 10) -> dict[str, float]:
+    """Strict accuracy (colour, shape and motion all right), the accuracy of each attribute, and the lenient
+    class accuracy among `num_classes` classes (colour and motion: `larp.data.synthetic.classify_clip`)."""
     if len(analyses) != len(labels) or not len(labels):
         raise ValueError(f"expected one label per clip (and at least one clip), got {len(labels)} labels for "
                          f"{len(analyses)} clips")
@@ -164,23 +167,30 @@ def attribute_scores(analyses: Sequence[ClipAnalysis], labels: Sequence[int]) ->
     for i, name in enumerate(("colour", "shape", "motion")):
         out[f"{name}_accuracy"] = float(np.mean([a.attributes()[i] == (c.colour, c.shape, c.motion)[i]
                                                  for a, c in zip(analyses, truth, strict=True)]))
+    out["class_accuracy"] = float(np.mean([lenient_class(a, num_classes) == int(y)
+                                           for a, y in zip(analyses, labels, strict=True)]))
     return out
 
 
 def sample_metrics(videos: torch.Tensor | Sequence[torch.Tensor], labels: Sequence[int] | torch.Tensor,
-                   reference: SyntheticReference, rule: CoherenceRule = DEFAULT_RULE) -> dict[str, object]:
+                   reference: SyntheticReference, rule: CoherenceRule = DEFAULT_RULE,
+                   num_classes: int = 10) -> dict[str, object]:
     """Score generated clips (B, 3, T, H, W) in [0, 1] against their intended class labels.
 
-    Returns strict_accuracy, colour/shape/motion_accuracy, coherent_fraction (see `CoherenceRule`), sfvd
-    (against `reference`), per_class_strict (class -> strict accuracy) and the count of clips."""
+    Returns strict_accuracy, colour/shape/motion_accuracy, class_accuracy (lenient: colour and motion),
+    coherent_fraction (see `CoherenceRule`), sfvd (against `reference`), per_class_strict (class -> strict
+    accuracy), per_class_coherent and the count of clips."""
     labels = [int(y) for y in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     clips = [_numpy_video(v) for v in videos]
     analyses = [analyse_clip(c) for c in clips]
-    out: dict[str, object] = dict(attribute_scores(analyses, labels))
+    out: dict[str, object] = dict(attribute_scores(analyses, labels, num_classes))
     out["coherent_fraction"] = float(np.mean([a.coherent(rule) for a in analyses]))
     out["sfvd"] = reference.sfvd(_as_features(clips, analyses)) if len(clips) >= 2 else float("nan")
-    out["per_class_strict"] = {k: float(np.mean([strict_correct(a, y) for a, y in zip(analyses, labels, strict=True)
-                                                 if y == k])) for k in sorted(set(labels))}
+    pairs = list(zip(analyses, labels, strict=True))
+    out["per_class_strict"] = {k: float(np.mean([strict_correct(a, y) for a, y in pairs if y == k]))
+                               for k in sorted(set(labels))}
+    out["per_class_coherent"] = {k: float(np.mean([a.coherent(rule) for a, y in pairs if y == k]))
+                                 for k in sorted(set(labels))}
     out["count"] = len(clips)
     return out
 
@@ -241,7 +251,7 @@ class ObjectScores:
             self.recon_analyses.append(b)
 
     def summary(self, labels: Sequence[int] | None = None, rule: CoherenceRule = DEFAULT_RULE,
-                reference: SyntheticReference | None = None) -> dict[str, float]:
+                reference: SyntheticReference | None = None, num_classes: int = 10) -> dict[str, float]:
         """Means over clips: object IoU (and its median), object and background PSNR, the coherent fraction,
         sFVD of the reconstructions against `reference` (default: the real clips they reconstruct) and,
         with `labels`, the strict and per-attribute accuracies of the reconstructions."""
@@ -253,7 +263,7 @@ class ObjectScores:
             ref = reference or SyntheticReference(np.stack(self.real_features))
             out["sfvd"] = ref.sfvd(np.stack(self.recon_features))
         if labels is not None:
-            out.update({f"{k}": v for k, v in attribute_scores(self.recon_analyses, list(labels)).items()})
+            out.update(attribute_scores(self.recon_analyses, list(labels), num_classes))
         return out
 
 
