@@ -67,6 +67,17 @@ def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys, 
                                                "pip install -e '.[app]'")
 
 
+def test_gradio_5_is_refused(monkeypatch, capsys, tmp_path):
+    import importlib.metadata
+
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("checks the version of an installed Gradio")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.50.0")
+    assert main(["app", "--tokenizer", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == ("larp app: error: the page needs Gradio 6 (found 5.50.0, whose page "
+                                               "loads scripts from public CDNs): pip install -e '.[app]'")
+
+
 def test_port_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["app", "--port", "0"])

@@ -36,9 +36,20 @@ def resolve_model_paths(args: argparse.Namespace) -> tuple[str | Path, str | Pat
     return tokenizer, ar_model if ar_model.is_dir() else None
 
 
-def run(args: argparse.Namespace) -> int:
+def check_gradio() -> None:
+    """Gradio 6 or later: Gradio 5's page loads scripts from public CDNs, which this page must not."""
     if importlib.util.find_spec("gradio") is None:
         raise LarpError("the page needs Gradio, which is not installed: pip install -e '.[app]'")
+    from importlib.metadata import version
+
+    found = version("gradio")
+    if int(found.split(".")[0]) < 6:
+        raise LarpError(f"the page needs Gradio 6 (found {found}, whose page loads scripts from public CDNs): "
+                        "pip install -e '.[app]'")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_gradio()
     tokenizer, ar_model = resolve_model_paths(args)
     import torch
 

@@ -185,7 +185,7 @@ def launch(models: core.AppModels, *, host: str = "127.0.0.1", port: int = 7860,
     folder = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="larp-app-"))
     page = build_page(models, folder, max_frames)
     page.queue(default_concurrency_limit=1)  # one request at a time: each uses the CPU fully
-    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=SYSTEM_MONO)  # the default fetches web fonts
+    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=SYSTEM_MONO)  # the default one fetches web fonts
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
                     mcp_server=False, theme=theme, allowed_paths=[str(folder)], footer_links=[],
