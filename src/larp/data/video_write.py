@@ -32,7 +32,7 @@ def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
     x = video.detach().float().cpu() if isinstance(video, torch.Tensor) else torch.as_tensor(video).float()
     if x.ndim not in (4, 5) or x.shape[-4] != 3:
         raise ValueError(f"expected a float video (3, T, H, W) or (B, 3, T, H, W), got {tuple(x.shape)}")
-    x = x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    x = x.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)  # one float copy, however large the video
     x = x.permute(1, 2, 3, 0) if x.ndim == 4 else x.permute(0, 2, 3, 4, 1)
     return x.contiguous().numpy()
 

@@ -9,7 +9,7 @@ full-resolution float copy of a window is made."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,35 @@ class FrameSource:
 
     def count(self, raw: torch.Tensor) -> int:
         return raw.shape[0] if self.channels_last else raw.shape[1]
+
+    def taker(self, window: int, device: torch.device) -> Callable[[int], torch.Tensor]:
+        """A function giving the next `n` frames as float (3, n, H, W), reading window by window and
+        converting only the frames asked for (the rest of a window stays as stored, e.g. uint8)."""
+        windows = self.windows(window)
+        buffered: list[torch.Tensor] = []  # raw frames not yet taken
+
+        def cut(raw: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            return raw[start:end] if self.channels_last else raw[:, start:end]
+
+        def take(n: int) -> torch.Tensor:
+            have = sum(self.count(x) for x in buffered)
+            while have < n:
+                _, raw = next(windows, (None, None))
+                if raw is None:
+                    raise ValueError(f"{self.path} gave fewer frames on a second read; was it modified?")
+                buffered.append(raw)
+                have += self.count(raw)
+            parts, need = [], n
+            while need:
+                raw = buffered.pop(0)
+                k = min(need, self.count(raw))
+                parts.append(self.frames(cut(raw, 0, k), device))
+                if k < self.count(raw):
+                    buffered.insert(0, cut(raw, k, self.count(raw)))
+                need -= k
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+        return take
 
     def window_clips(self, raw: torch.Tensor, layout: SpatialLayout, size: int, frames: int,
                      device: torch.device) -> Iterator[torch.Tensor]:

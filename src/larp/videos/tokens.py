@@ -61,7 +61,7 @@ MAX_TOKEN_BYTES = 4 << 30  # the token array
 # What decode_tokens / reconstruct_video return at most by default (float32 frames).
 WHOLE_VIDEO_MAX_BYTES = 8 << 30
 # Blending accumulators (float64) plus resized output (float32) of one chunk of a window's frames.
-CHUNK_BYTES = 256 << 20
+CHUNK_BYTES = 128 << 20
 
 
 class VideoTokensError(ValueError):
@@ -427,9 +427,13 @@ class PSNRMeter:
     def update(self, reference: torch.Tensor, recon: torch.Tensor) -> None:
         if reference.shape != recon.shape:
             raise ValueError(f"shapes differ: {tuple(reference.shape)} vs {tuple(recon.shape)}")
-        diff = reference.double().clamp(0, 1) - recon.to(reference.device).double().clamp(0, 1)
-        self.sse += float(diff.square().sum())
-        self.count += diff.numel()
+        recon = recon.to(reference.device)
+        # One image plane at a time: float64 copies of a whole chunk of 4K frames would take gigabytes.
+        for ref_plane, rec_plane in zip(reference.reshape(-1, *reference.shape[-2:]).unbind(0),
+                                        recon.reshape(-1, *recon.shape[-2:]).unbind(0), strict=True):
+            diff = ref_plane.double().clamp_(0, 1) - rec_plane.double().clamp_(0, 1)
+            self.sse += float(diff.square_().sum())
+        self.count += reference.numel()
 
     @property
     def value(self) -> float:
@@ -450,31 +454,11 @@ def iter_reconstruct(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool
     tokens = tokenize_video(tokenizer, frames, spatial="tile" if tile else "cover", overlap=overlap,
                             batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     source, cpu = FrameSource(frames), torch.device("cpu")
-    reference = _reference_frames(source, tokens.frames_per_window, cpu) if meter is not None else None
+    reference = source.taker(tokens.frames_per_window, cpu) if meter is not None else None
     for chunk in iter_decode(tokenizer, tokens, batch_size=batch_size, device=device, dtype=dtype):
         if meter is not None and reference is not None:
             meter.update(reference(chunk.shape[1]), chunk)
         yield chunk
-
-
-def _reference_frames(source: FrameSource, window: int, device: torch.device) -> Callable[[int], torch.Tensor]:
-    """A function giving the source's next `n` frames as float (3, n, H, W), reading window by window."""
-    windows = source.windows(window)
-    buffered: list[torch.Tensor] = []
-
-    def take(n: int) -> torch.Tensor:
-        have = sum(x.shape[1] for x in buffered)
-        while have < n:
-            _, raw = next(windows, (None, None))
-            if raw is None:
-                raise ValueError(f"{source.path} gave fewer frames on a second read; was it modified?")
-            buffered.append(source.frames(raw, device))
-            have += buffered[-1].shape[1]
-        joined = torch.cat(buffered, dim=1) if len(buffered) > 1 else buffered[0]
-        buffered[:] = [joined[:, n:]] if joined.shape[1] > n else []
-        return joined[:, :n]
-
-    return take
 
 
 def reconstruct_video(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool = False,
