@@ -95,8 +95,14 @@ def blur(video: torch.Tensor) -> torch.Tensor:
     return (0.15 + 0.7 * x + 0.03 * noise).clamp(0, 1)
 
 
-def test_written_dataset_and_classifier_accuracy_on_decoded_h264(tmp_path):
-    videos, labels, paths = decoded_synthetic(tmp_path, size=64, clips=4)
+@pytest.fixture(scope="module")
+def decoded64(tmp_path_factory) -> tuple[list[torch.Tensor], list[int], dict]:
+    """4 clips per class written as H.264 mp4 at 64x64 and read back (shared by the tests below)."""
+    return decoded_synthetic(tmp_path_factory.mktemp("synthetic64"), size=64, clips=4)
+
+
+def test_written_dataset_and_classifier_accuracy_on_decoded_h264(decoded64):
+    videos, labels, paths = decoded64
     assert len(videos) == 40 and videos[0].shape == (3, 16, 64, 64)
     train = VideoCSVDataset(paths["train"], num_frames=16, size=64)
     val = VideoCSVDataset(paths["val"], num_frames=16, size=64)
@@ -193,8 +199,8 @@ def test_each_shape_is_recognised_at_the_smallest_and_largest_size(shape):
         assert analyse_clip(clip).shape == shape
 
 
-def test_real_clips_are_strictly_right_coherent_and_survive_mild_blur_not_strong(tmp_path):
-    videos, labels, _ = decoded_synthetic(tmp_path, size=64, clips=4)  # H.264 decoded
+def test_real_clips_are_strictly_right_coherent_and_survive_mild_blur_not_strong(decoded64):
+    videos, labels, _ = decoded64  # H.264 decoded
     analyses = [analyse_clip(v) for v in videos]
     # The codec's 2x2 colour blocks make the odd small diamond an octagon: a ceiling just below 100 %.
     assert np.mean([strict_correct(a, y) for a, y in zip(analyses, labels, strict=True)]) >= 0.95

@@ -83,11 +83,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img[..., None] + tint
 
 
-def _shape_mask(shape: str, cx: float, cy: float, half: float, size: int, ss: int = 4) -> np.ndarray:
-    """Antialiased coverage (H, W) in [0, 1] of a shape centred at (cx, cy), by ss x ss supersampling."""
-    coords = (np.arange(size * ss, dtype=np.float32) + 0.5) / ss
-    dy = coords[:, None] - cy
-    dx = coords[None, :] - cx
+def _shape_mask(shape: str, cx: float, cy: float, half: float, size: int, ss: int = 4,
+                rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> np.ndarray:
+    """Antialiased coverage (H, W) in [0, 1] of a shape centred at (cx, cy), by ss x ss supersampling;
+    only pixel rows [r0, r1) and columns [c0, c1) when given (the same values as in the whole frame)."""
+    (r0, r1), (c0, c1) = rows or (0, size), cols or (0, size)
+    dy = ((np.arange(r0 * ss, r1 * ss, dtype=np.float32) + 0.5) / ss)[:, None] - cy
+    dx = ((np.arange(c0 * ss, c1 * ss, dtype=np.float32) + 0.5) / ss)[None, :] - cx
     if shape == "square":
         inside = (np.abs(dx) <= half) & (np.abs(dy) <= half)
     elif shape == "circle":
@@ -99,7 +101,7 @@ def _shape_mask(shape: str, cx: float, cy: float, half: float, size: int, ss: in
         inside = (dy >= -half) & (dy <= half) & (np.abs(dx) <= (dy + half) * 0.6)
     else:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    return inside.reshape(size, ss, size, ss).mean(axis=(1, 3))
+    return inside.reshape(r1 - r0, ss, c1 - c0, ss).mean(axis=(1, 3))
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,18 @@ class Scene:
         size = self.background.shape[0]
         out = np.empty((self.frames, size, size, 3), np.uint8)
         for t in range(self.frames):
-            img = self.background
+            img = self.background.astype(np.float64)
             for obj in self.objects:
                 cx, cy = (float(v) for v in obj.centres[t])
-                alpha = _shape_mask(obj.shape, cx, cy, obj.half, size)[..., None]
-                img = img * (1 - alpha) + np.asarray(obj.colour, np.float32) * alpha
+                # Only the window the shape can cover (1.25 half at most from its centre) is drawn.
+                reach = 1.25 * obj.half + 2
+                r0, r1 = max(0, math.floor(cy - reach)), min(size, math.ceil(cy + reach) + 1)
+                c0, c1 = max(0, math.floor(cx - reach)), min(size, math.ceil(cx + reach) + 1)
+                if r0 >= r1 or c0 >= c1:
+                    continue
+                alpha = _shape_mask(obj.shape, cx, cy, obj.half, size, rows=(r0, r1), cols=(c0, c1))[..., None]
+                window = img[r0:r1, c0:c1]
+                img[r0:r1, c0:c1] = window * (1 - alpha) + np.asarray(obj.colour, np.float32) * alpha
             out[t] = np.clip(img, 0, 255).round().astype(np.uint8)
         return out
 
