@@ -22,7 +22,8 @@ from larp.data.transforms import center_crop, pad_frames, resize_short_side
 from larp.data.video_io import MP4Writer, probe_video, read_clip, read_video, to_tensor, to_uint8, write_mp4
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
-from larp.sample.generate import frame_prediction_condition, generate
+from larp.sample import frame_prediction_condition, generate
+from larp.sample.condition import check_pair
 from larp.utils.errors import CheckpointError
 from larp.videos.tokens import DEFAULT_FPS, PSNRMeter, VideoTokens, iter_decode, tokenize_video
 
@@ -75,10 +76,7 @@ def _check_fit(tokenizer: LARPTokenizer, ar: LARPAR, name: str, frame_prediction
         kind = "frame-prediction" if a.frame_prediction else "class-conditional"
         want = "--fp_model" if a.frame_prediction else "--ar_model"
         raise CheckpointError(f"{name} is a {kind} model; pass it with {want}")
-    if a.vocab_size != tokenizer.codebook_size or a.max_seq_len != tokenizer.num_tokens:
-        raise CheckpointError(f"{name} predicts {a.max_seq_len} tokens of {a.vocab_size} codes, but the tokenizer "
-                              f"makes {tokenizer.num_tokens} tokens of {tokenizer.codebook_size} codes; they do "
-                              "not fit together")
+    check_pair(tokenizer, ar, f"({name})")
 
 
 def _in_demo_folder(model_id: str) -> bool:
