@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 
 from larp.models.config import ARConfig
@@ -104,11 +103,28 @@ class TransformerBlock(nn.Module):
                                    cfg.ffn_dropout_p)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if drop_path > 0:  # timm imported here: it costs ~200 MiB resident (torchvision, torch._dynamo)
+            from timm.layers import DropPath
+
+            self.drop_path = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), cache, start))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+
+def _building_on_meta() -> bool:
+    return torch.empty(0).is_meta
+
+
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding; on the meta device without its random initialisation (normal_ on meta tensors imports
+    torch._dynamo, ~150 MiB resident, and every weight is loaded over it anyway)."""
+    if _building_on_meta():
+        return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+    return nn.Embedding(num, dim)
 
 
 class LabelEmbedder(nn.Module):
@@ -118,7 +134,7 @@ class LabelEmbedder(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
-        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+        self.embedding_table = _embedding(num_classes + int(dropout_prob > 0), dim)
 
     def forward(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.training and self.dropout_prob > 0:
@@ -136,7 +152,7 @@ class LARPAR(HubModelMixin, nn.Module):
         self.config = cfg = config
         self.cls_embedding = (None if cfg.frame_prediction
                               else LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob))
-        self.tok_embeddings = nn.Embedding(cfg.input_vocab_size, cfg.dim)
+        self.tok_embeddings = _embedding(cfg.input_vocab_size, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
         # Stochastic depth grows linearly with depth (plain floats: the model may be built on 'meta').
         rates = [cfg.drop_path_rate * i / max(cfg.n_layer - 1, 1) for i in range(cfg.n_layer)]
@@ -146,11 +162,15 @@ class LARPAR(HubModelMixin, nn.Module):
         pe_len = cfg.max_seq_len + cfg.cls_token_num - 1
         if cfg.use_fixed_pe:
             self.register_buffer("abs_pe", sincos_1d(cfg.dim, torch.arange(pe_len)).float()[None])
+        elif _building_on_meta():
+            self.abs_pe = nn.Parameter(torch.empty(1, pe_len, cfg.dim))
         else:
             self.abs_pe = nn.Parameter(torch.randn(1, pe_len, cfg.dim) * 0.02)
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.output.weight.is_meta:
+            return  # nothing to initialise: the weights are loaded over it
         std = self.config.initializer_range
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -11,7 +11,6 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------------------
@@ -98,6 +97,10 @@ def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], temporal_patch: int,
 
 def vit_block(dim: int, num_heads: int) -> nn.Module:
     """Pre-norm ViT block with the released names (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2)."""
+    # Imported here: timm brings torchvision and torch._dynamo (~200 MiB resident), which the AR model and
+    # its sampling loop do not need.
+    from timm.models.vision_transformer import Block as TimmBlock
+
     return TimmBlock(dim=dim, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=False,
                      norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU)
 
