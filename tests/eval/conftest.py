@@ -57,6 +57,7 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the user's cache or hits the network for the detector."""
     monkeypatch.setenv(fvd.ENV_CACHE, str(tmp_path / "larp-cache"))
     monkeypatch.delenv(fvd.ENV_I3D_PATH, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # CI sets it; the tests that need it set it themselves
 
     def offline(dest: Path) -> None:
         raise OSError("network disabled in tests")
