@@ -20,6 +20,7 @@ from larp.utils.files import atomic_write_bytes, default_file_mode
 
 PathLike = str | os.PathLike
 MAX_FPS = 1000.0
+X264_LOOKAHEAD_BYTES = 512 << 20
 
 
 # ------------------------------------------------------------------------------------- tensor layout
@@ -103,7 +104,7 @@ class MP4Writer:
         options = {"crf": str(crf)}
         if keyframe_interval is not None:
             options.update(g=str(keyframe_interval), keyint_min=str(keyframe_interval))
-        self._stream.options = options
+        self._options = options
         self._size: tuple[int, int] | None = None
 
     def write(self, frame: np.ndarray) -> None:
@@ -113,6 +114,10 @@ class MP4Writer:
         if self._size is None:
             self._size = (h, w)
             self._stream.height, self._stream.width = h + h % 2, w + w % 2
+            # x264 keeps its look-ahead frames (about 2.6 bytes a pixel each, 40 by default): cap them so
+            # that a 4K encode stays near 0.5 GB instead of 2 GB; smaller frames keep the default.
+            lookahead = min(40, max(10, X264_LOOKAHEAD_BYTES // (3 * h * w)))
+            self._stream.options = {**self._options, "rc-lookahead": str(lookahead)}
         elif self._size != (h, w):
             raise ValueError(f"frame size changed from {self._size} to {(h, w)} in {self.path}")
         if h % 2 or w % 2:
