@@ -17,7 +17,7 @@ from larp.data.video_write import write_mp4
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair
-from larp.sample.generate import generate
+from larp.sample.generate import generate, in_dtype
 from larp.sample.long import check_long_args, generate_long
 from larp.utils.device import resolve_device, resolve_dtype
 from larp.utils.files import write_json
@@ -113,10 +113,14 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
     if existing and not cfg.overwrite:
         raise ValueError(f"{out / existing[0]} exists already; pass --overwrite to replace it")
     tok, ar, fp = _load(cfg, device)
+    low = None if dtype == torch.float32 else dtype
+    # Cast once (not per call and window): a compiled step then keeps the same weights from call to call.
+    ar, fp = (None if m is None else in_dtype(m, low) for m in (ar, fp))
     t0 = time.perf_counter()
     g = torch.Generator(device).manual_seed(cfg.seed)
     options = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=g,
-                   compile=cfg.compile, dtype=None if dtype == torch.float32 else dtype)
+                   compile=cfg.compile)
+
     def say(text: str) -> None:
         if progress:
             print(text, file=sys.stderr)
