@@ -117,3 +117,18 @@ def test_codebook_stats():
     stats = codebook_stats(torch.tensor([2, 2, 0, 0]))
     assert stats == {"codebook_usage": 0.5, "codebook_perplexity": pytest.approx(2.0), "codes_used": 2.0}
     assert codebook_stats(torch.zeros(3, dtype=torch.long))["codebook_perplexity"] == 0.0
+
+
+def test_prior_scores_match_the_tokenizers_own_prior_loss(tiny):
+    video = videos(3)
+    result = reconstruction_metrics([video], tiny, prior=True)
+    with torch.no_grad():
+        out = tiny(video, deterministic=True)  # the training forward: first-round prior logits and accuracy
+        logits = tiny.prior_logits(out.indices)
+    labels = out.indices[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels).item()
+    assert result.metrics["prior_ce"] == pytest.approx(ce, rel=1e-5)
+    assert result.metrics["prior_top1"] == pytest.approx(out.prior.top1.item(), abs=1e-6)
+    assert result.metrics["prior_top5"] == pytest.approx(out.prior.top5.item(), abs=1e-6)
+    assert 0 <= result.metrics["prior_top1"] <= result.metrics["prior_top5"] <= 1
+    assert "prior_ce" not in reconstruction_metrics([video], tiny).metrics  # only when asked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -218,8 +219,9 @@ def test_evaluation_reports_metrics_and_writes_pictures(tiny_data, tmp_path, mon
     task = TokenizerTask(recipe, setup_context(recipe.run))
     metrics = task.evaluate(7, tmp_path)
     assert set(metrics) == {"val/psnr", "val/ssim", "val/lpips", "val/prior_top1", "val/prior_top5",
-                            "val/codebook_usage", "val/codebook_perplexity"}
+                            "val/prior_ce", "val/codebook_usage", "val/codebook_perplexity"}
     assert 0 < metrics["val/psnr"] < 60 and 0 <= metrics["val/prior_top5"] <= 1
+    assert 0 < metrics["val/prior_ce"] < 2 * math.log(task.model.codebook_size)
     assert metrics["val/lpips"] > 0 and 0 < metrics["val/codebook_usage"] <= 1
     # Usage counts the codes of every validation clip, not of the last batch only.
     n = min(recipe.data.val_clips, len(task.val_set))

@@ -44,6 +44,18 @@ def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
             "codes_used": float((c > 0).sum())}
 
 
+@torch.no_grad()
+def prior_scores(tokenizer: torch.nn.Module, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per clip (B,): the prior's cross-entropy (nats per token), top-1 and top-5 accuracy when it predicts
+    codes 1..N-1 of `indices` (B, N) from the ones before (teacher forcing, no dropout in eval mode)."""
+    logits = tokenizer.prior_logits(indices).float()  # (B, N-1, K)
+    labels = indices[:, 1:].long()
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
+    top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    return {"prior_ce": ce.cpu(), "prior_top1": (top5[..., 0] == labels).float().mean(1).cpu(),
+            "prior_top5": (top5 == labels.unsqueeze(-1)).any(-1).float().mean(1).cpu()}
+
+
 @dataclass
 class ReconstructionResult:
     """What `reconstruction_metrics` measured: dataset means, per-clip values and optional extras."""
@@ -85,6 +97,7 @@ def reconstruction_metrics(
     deterministic: bool = True,
     generator: torch.Generator | None = None,
     lpips: Any | None = None,
+    prior: bool = False,
     detector: torch.nn.Module | None = None,
     synthetic: bool = False,
     num_classes: int = 10,
@@ -98,13 +111,15 @@ def reconstruction_metrics(
     device, dtype: where the tokenizer runs and its autocast dtype (None or float32: full precision).
     deterministic: argmax codes (the evaluation default) or sampled ones (with `generator`).
     lpips: a callable (real, recon) -> per-clip LPIPS (B,), e.g. `larp.eval.metrics.LPIPSMetric`.
+    prior: also score the tokenizer's prior on the chosen codes (teacher forcing): prior_ce (nats per
+      token), prior_top1 and prior_top5 over tokens 1..N-1.
     detector: an I3D module: real and reconstruction feature statistics are returned and `rfvd` measured.
     synthetic: the clips come from the synthetic dataset: object IoU, object / background PSNR, coherent
       fraction and sFVD (against the real clips themselves), and with labels the strict accuracy and the
       lenient class accuracy among `num_classes` classes.
     keep_examples: keep the first this many real clips and their reconstructions (CPU, clamped).
 
-    metrics holds psnr, ssim (and lpips), codebook_usage, codebook_perplexity, codes_used, clips, rfvd
+    metrics holds psnr, ssim (and lpips, prior_ce/top1/top5), codebook_usage, codebook_perplexity, codes_used, clips, rfvd
     with a detector, and for synthetic clips the keys of `ObjectScores.summary` (object_iou, object_psnr,
     background_psnr, coherent_fraction, sfvd, strict_accuracy, colour/shape/motion_accuracy, ...)."""
     device = torch.device(device)
@@ -112,6 +127,8 @@ def reconstruction_metrics(
     per_clip: dict[str, list[float]] = {"psnr": [], "ssim": []}
     if lpips is not None:
         per_clip["lpips"] = []
+    if prior:
+        per_clip.update(prior_ce=[], prior_top1=[], prior_top5=[])
     counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
     objects = ObjectScores.empty() if synthetic else None
     real_stats = fvd_lib.FeatureStats() if detector is not None else None
@@ -130,6 +147,9 @@ def reconstruction_metrics(
         per_clip["ssim"] += ssim(recon, video).tolist()
         if lpips is not None:
             per_clip["lpips"] += [float(v) for v in lpips(recon, video)]
+        if prior:
+            for key, values in prior_scores(tokenizer, indices).items():
+                per_clip[key] += values.tolist()
         if detector is not None:
             real_stats.add(fvd_lib.extract_features(detector, video))
             recon_stats.add(fvd_lib.extract_features(detector, recon))

@@ -39,6 +39,7 @@ from larp.train.checkpoint import (
 )
 from larp.train.config import RunConfig
 from larp.train.tracking import MetricsLogger
+from larp.utils.device import autocast
 from larp.utils.errors import LarpError
 from larp.utils.files import write_json
 
@@ -72,11 +73,13 @@ class TrainContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        """The mixed-precision dtype of `run.precision` (float32: none)."""
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")

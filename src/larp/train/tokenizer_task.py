@@ -21,9 +21,9 @@ from torch import nn
 
 from larp.data.datasets import VideoClipDataset
 from larp.data.video_io import write_gif, write_png_grid
-from larp.eval.metrics import psnr, ssim
+from larp.eval.reconstruction import reconstruction_metrics
 from larp.models.tokenizer import LARPTokenizer
-from larp.train.codebook import AntiCollapse, CodebookMonitor, quantizer_of
+from larp.train.codebook import AntiCollapse, quantizer_of
 from larp.train.config import TokenizerTrainConfig
 from larp.train.data import init_clips, training_videos, validation_videos
 from larp.train.engine import TrainContext
@@ -243,44 +243,33 @@ class TokenizerTask:
 
     @torch.no_grad()
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
-        """PSNR, SSIM, codebook usage/perplexity and prior accuracy on fixed validation clips, plus pictures."""
+        """PSNR, SSIM (LPIPS), codebook usage/perplexity and the prior's accuracy on fixed validation clips,
+        measured by `larp.eval.reconstruction.reconstruction_metrics`, plus pictures."""
         if self.val_set is None:
             return {}
         model = self.ema.module if self.ema is not None else self.model
         was_training = model.training
-        model.eval()
         n = min(self.recipe.data.val_clips, len(self.val_set))
         bs = self.recipe.data.batch_size
-        monitor = CodebookMonitor(model.codebook_size, window=math.ceil(n / bs))  # usage over all clips
-        sums = {"val/psnr": 0.0, "val/ssim": 0.0, "val/prior_top1": 0.0, "val/prior_top5": 0.0}
-        shown = None
-        for start in range(0, n, bs):
-            video = torch.stack([self.val_set[i]["video"] for i in range(start, min(start + bs, n))])
-            video = video.to(self.ctx.device)
-            with self.ctx.autocast():
-                out = model(video, step, self.recipe.run.max_steps, deterministic=True)
-            recon = out.recon.float().clamp(0, 1)
-            monitor.update(out.indices)
-            sums["val/psnr"] += float(psnr(recon, video).sum())
-            sums["val/ssim"] += float(ssim(recon, video).sum())
-            if self.eval_lpips is not None:
-                sums["val/lpips"] = sums.get("val/lpips", 0.0) + float(self.eval_lpips(recon, video)) * video.shape[0]
-            if out.prior is not None:
-                sums["val/prior_top1"] += float(out.prior.top1) * video.shape[0]
-                sums["val/prior_top5"] += float(out.prior.top5) * video.shape[0]
-            if shown is None:
-                shown = torch.cat([video[:4], recon[:4]]).cpu()  # rows: real clips, then reconstructions
+        batches = (torch.stack([self.val_set[i]["video"] for i in range(start, min(start + bs, n))])
+                   for start in range(0, n, bs))
+        has_prior = model.prior_model is not None
+        result = reconstruction_metrics(batches, model, device=self.ctx.device, dtype=self.ctx.amp_dtype,
+                                        lpips=self._clip_lpips if self.eval_lpips is not None else None,
+                                        prior=has_prior, keep_examples=4)
         model.train(was_training)
-        metrics = {k: v / n for k, v in sums.items()}
-        if model.prior_model is None:
-            metrics.pop("val/prior_top1"), metrics.pop("val/prior_top5")
-        stats = monitor.stats()
-        metrics["val/codebook_usage"] = stats["codebook_usage"]
-        metrics["val/codebook_perplexity"] = stats["codebook_perplexity"]
+        keys = ["psnr", "ssim", "lpips", "codebook_usage", "codebook_perplexity"]
+        keys += ["prior_top1", "prior_top5", "prior_ce"] if has_prior else []
+        metrics = {f"val/{k}": result.metrics[k] for k in keys if k in result.metrics}
+        shown = torch.cat(result.examples)  # rows: real clips, then their reconstructions
         pictures = out_dir / "samples"
         write_png_grid(pictures / f"recon_step{step:08d}.png", shown)
         write_gif(pictures / f"recon_step{step:08d}.gif", shown)
         return metrics
+
+    def _clip_lpips(self, recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """Per-clip LPIPS (B,) from the mean-over-frames perceptual loss."""
+        return torch.stack([self.eval_lpips(recon[i:i + 1], video[i:i + 1]) for i in range(len(video))])
 
     def export(self, folder: Path) -> None:
         model = self.ema.module if self.ema is not None else self.model
