@@ -78,10 +78,6 @@ def test_eager_static_and_cuda_graph_steps_give_the_same_greedy_tokens(cfg_scale
     assert torch.equal(generate(model, cond, cfg_scale=cfg_scale, top_k=1, static=True), eager)
     for _ in range(2):  # the second call replays the recorded graphs
         assert torch.equal(generate(model, cond, cfg_scale=cfg_scale, top_k=1, compile=True), eager)
-    # Sampled tokens: the static step computes what the eager step does, so the same generator draws the same.
-    g = lambda: torch.Generator(DEVICE).manual_seed(3)  # noqa: E731
-    sampled = generate(model, cond, cfg_scale=cfg_scale, generator=g())
-    assert torch.equal(generate(model, cond, cfg_scale=cfg_scale, generator=g(), static=True), sampled)
 
 
 def test_bfloat16_generation_on_cuda_stays_close_to_float32():
