@@ -2,16 +2,18 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is pinned to the release this project is tested with; pip takes it from the local wheel cache when present.
-TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+# torch is pinned to the newest release this project is tested with; pip takes it from the local wheel cache when
+# present. PIP_CONSTRAINT=/dev/null: a machine-wide pip constraint (some images cap torch) must not swap it.
+TORCH_PIN ?= torch==2.15.0 torchvision==0.29.2
+PIP := PIP_CONSTRAINT=/dev/null $(BIN)/python -m pip
 
 .PHONY: install test test-fast lint demo bench clean docs readme
 
 $(BIN)/larp: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e '.[test]'
 	touch $(BIN)/larp
 
 install: $(BIN)/larp
