@@ -7,7 +7,7 @@ cross-entropy on the validation tokens, the AR model's validation NLL (nats per 
 strict accuracy, and times. The two arms differ only in the prior's loss weight: with weight 0 the prior
 still runs (the same random draws, the same compute) but nothing learns from it.
 
-    python benchmarks/prior_ablation.py run [--tokens 16 32 64] [--seeds 0 1] [--workers 1] [--git-commit]
+    python benchmarks/prior_ablation.py run [--tokens 64 48 32] [--seeds 0 1] [--workers 1] [--git-commit]
     python benchmarks/prior_ablation.py rerun n64-prior-s0        # the same cell again, in its own folder
     python benchmarks/prior_ablation.py probe NAME --tokens 64 --set model.config.prior_model.name=gptc-XS
     python benchmarks/prior_ablation.py report                    # markdown table + docs/images plot
@@ -322,7 +322,7 @@ def stage_recon(folder: Path, ev: Evaluation) -> dict[str, Any]:
 
     tok = LARPTokenizer.from_pretrained(folder / "tokenizer" / "model").eval()
     scores, psnrs, ssims, codes = ObjectScores.empty(), [], [], []
-    ce_sum, top1_sum, count = 0.0, 0.0, 0
+    ce_sum, top1_sum, cos_sum, floor_sum, count = 0.0, 0.0, 0.0, 0.0, 0
     with torch.no_grad():
         for start in range(0, len(ev.videos), 32):
             video = ev.videos[start:start + 32]
@@ -339,6 +339,14 @@ def stage_recon(folder: Path, ev: Evaluation) -> dict[str, Any]:
                                                 reduction="sum"))
                 top1_sum += float((logits.argmax(-1) == labels).sum())
                 count += labels.numel()
+                # The logits are cosines / temperature: even a prediction equal to the next code cannot
+                # bring the CE below logsumexp_j(cos(code, code_j) / tau) - 1 / tau (the floor).
+                vectors = tok.bottleneck.regularizer.lookup(idx)
+                pred = tok.prior_predict(vectors)[:, 1:]
+                cos_sum += float(F.cosine_similarity(pred, vectors[:, 1:], dim=-1).sum())
+                tau = tok.config.prior_model.latent_ce_temperature
+                self_logits = vectors[:, 1:] @ tok.bottleneck.regularizer.codebook.t() / tau
+                floor_sum += float((self_logits.logsumexp(-1) - 1 / tau).sum())
     codes = torch.cat(codes)
     save_file({"tokens": codes.to(torch.int32).contiguous(), "labels": ev.labels.contiguous()},
               str(folder / "val_tokens.safetensors"))
@@ -346,7 +354,8 @@ def stage_recon(folder: Path, ev: Evaluation) -> dict[str, Any]:
            **scores.summary(ev.labels.tolist(), reference=ev.reference),
            "codes_used": int(codes.unique().numel()), "codebook_size": tok.codebook_size}
     if count:
-        out.update(prior_ce=ce_sum / count, prior_top1=top1_sum / count, uniform_ce=math.log(tok.codebook_size))
+        out.update(prior_ce=ce_sum / count, prior_top1=top1_sum / count, prior_cos=cos_sum / count,
+                   prior_ce_floor=floor_sum / count, uniform_ce=math.log(tok.codebook_size))
     return out
 
 
@@ -469,7 +478,7 @@ def make_row(cell: Cell, h: str, done: dict[str, dict[str, Any]], base: dict[str
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "recon": pick("recon", ["psnr", "ssim", "object_psnr", "background_psnr", "object_iou",
                                    "strict_accuracy", "coherent_fraction", "sfvd", "codes_used"]),
-           "prior_eval": pick("recon", ["prior_ce", "prior_top1", "uniform_ce"]),
+           "prior_eval": pick("recon", ["prior_ce", "prior_top1", "prior_cos", "prior_ce_floor", "uniform_ce"]),
            "ar": pick("ar_eval", ["val_nll", "val_token_acc", "unigram_nll", "uniform_nll", "nll_by_position"]),
            "samples": pick("samples", ["sfvd", "strict_accuracy", "colour_accuracy", "shape_accuracy",
                                        "motion_accuracy", "coherent_fraction", "count"]),
@@ -528,8 +537,10 @@ def command_run(args: argparse.Namespace) -> None:
     root, base = Path(args.root), BASE
     data = prepare_data(root, base)
     cells = [Cell.parse(c) for c in args.only] if args.only else cells_of(args)
-    # The hash of the results file: the base recipe, plus --set for probes (and for smoke runs of `run`).
-    template = resolved_recipes(*cell_overrides(cells[0], base, root / "x", data, args.set))
+    # The results file's hash: the base recipe (with --set for `run`, e.g. smoke runs into another file;
+    # a probe's row records its own hash).
+    extra = [] if args.kind == "probes" else args.set
+    template = resolved_recipes(*cell_overrides(cells[0], base, root / "x", data, extra))
     results = Results(Path(args.results), recipe_hash(template, base), base)
     if args.workers > 1 and args.worker is None:  # one process per worker, cells dealt round-robin
         procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", str(i)])
@@ -539,9 +550,10 @@ def command_run(args: argparse.Namespace) -> None:
     mine = cells[args.worker::args.workers] if args.worker is not None else cells
     ev = Evaluation(root, data, base)
     for cell in mine:
-        if results.done(args.kind, cell.id):
+        name = args.name if args.kind == "probes" else cell.id
+        if results.done(args.kind, name):
             continue
-        folder = root / args.kind / (cell.id if args.kind != "probes" else args.name)
+        folder = root / args.kind / name
         print(f"[{cell.id}] {folder}", flush=True)
         row = run_cell(cell, folder, root, base, data, ev, args.set, args.until)
         if args.kind == "probes":
@@ -677,7 +689,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="run: cells to run (default: all); rerun: the cell; probe: its name")
         q.add_argument("--root", default=str(REPO / "runs" / "prior_ablation"), help="working folder")
         q.add_argument("--results", default=str(RESULTS))
-        q.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64])
+        q.add_argument("--tokens", type=int, nargs="+", default=[64, 48, 32])
         q.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
         q.add_argument("--prior", choices=["on", "off"], default="on", help="probe: the arm it starts from")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
