@@ -302,7 +302,8 @@ def main() -> None:
             for v in variants:
                 compare(report, v, "eager" if is_ar and v != "bfloat16" else ("bfloat16" if is_ar else "float32"))
         if not is_ar and (tmp / "recon_float32.pt").exists() and (tmp / "recon_bfloat16.pt").exists():
-            a, b = torch.load(tmp / "recon_float32.pt"), torch.load(tmp / "recon_bfloat16.pt")
+            a = torch.load(tmp / "recon_float32.pt", weights_only=True)
+            b = torch.load(tmp / "recon_bfloat16.pt", weights_only=True)
             report["bfloat16_vs_float32_psnr_db"] = float(-10 * torch.log10(((a - b) ** 2).mean()))
     text = json.dumps(report, indent=2)
     print(text)
