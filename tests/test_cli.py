@@ -208,9 +208,18 @@ def test_every_option_has_both_spellings():
             for s in action.option_strings:
                 if s.startswith("--") and ("_" in s[2:] or "-" in s[2:]):
                     other = "--" + (s[2:].replace("_", "-") if "_" in s[2:] else s[2:].replace("-", "_"))
-                    if other not in action.option_strings and not s.startswith("--no-"):
+                    if other not in action.option_strings:
                         missing.append(f"{prog} {s}")
     assert not missing, "\n".join(missing)
+
+
+def test_on_off_options_take_both_spellings():
+    parser = build_parser(load=["eval"])
+    base = ["eval", "tokenizer", "--tokenizer", "T", "--dataset_csv", "D"]
+    assert parser.parse_args(base).det is True
+    for spelling in ("--no-det", "--no_det"):
+        assert parser.parse_args([*base, spelling]).det is False
+    assert parser.parse_args([*base, "--no_det", "--det"]).det is True
 
 
 def test_sample_takes_the_shared_output_names_and_checks_numbers(capsys):

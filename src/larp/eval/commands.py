@@ -93,8 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_option(t, "num_clips", type=opts.positive_int, default=None,
                     help="a seeded subset of the videos (default: all)")
     opts.add_option(t, "use_amp", action="store_true", help="mixed precision for the tokenizer")
-    t.add_argument("--det", action=argparse.BooleanOptionalAction, default=True,
-                   help="deterministic (argmax) quantisation, the protocol's choice; --no-det samples codes")
+    opts.add_option(t, "det", action=opts.BooleanOption, default=True,
+                    help="deterministic (argmax) quantisation, the protocol's choice (default: on); --no_det samples codes")
     opts.add_option(t, "no_lpips", action="store_true", help="skip LPIPS (it needs the VGG-16 ImageNet weights)")
     opts.add_option(t, "no_fvd", action="store_true", help="skip rFVD (it needs the I3D detector file)")
     _add_common(t, batch_size=8)

@@ -30,6 +30,22 @@ _FLAG_ACTIONS = (argparse._StoreConstAction, argparse._HelpAction,
                  argparse._VersionAction, argparse._CountAction, argparse.BooleanOptionalAction)
 
 
+class BooleanOption(argparse.BooleanOptionalAction):
+    """`--det` / `--no-det` / `--no_det`: argparse's on/off pair, with the negative form in both spellings."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        for s in [s for s in self.option_strings if s.startswith("--no-")]:
+            underscored = "--no_" + s[len("--no-"):]
+            if underscored not in self.option_strings:
+                self.option_strings.append(underscored)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string in self.option_strings:
+            setattr(namespace, self.dest, not option_string.startswith(("--no-", "--no_")))
+
+
 def spellings(name: str) -> list[str]:
     """`batch_size` -> ['--batch_size', '--batch-size']; a name with neither '_' nor '-' has one spelling."""
     name = name.lstrip("-")
