@@ -46,7 +46,8 @@ def larp_imports(path: Path) -> set[str]:
     return found
 
 
-ALIASES = {"sampling": "sample"}  # larp.sampling re-exports larp.sample under its first name
+ALIASES = {"sampling": "sample",  # larp.sampling re-exports larp.sample under its first name
+           "__main__": "cli"}  # `python -m larp` runs larp.cli
 
 
 def area(module: str) -> str | None:

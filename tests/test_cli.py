@@ -54,6 +54,11 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"larp {__import__('larp').__version__}"
 
 
+def test_python_m_larp_is_the_command():
+    out = subprocess.run([sys.executable, "-m", "larp", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"larp {__import__('larp').__version__}"
+
+
 def test_unknown_arguments_are_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--bogus"])
