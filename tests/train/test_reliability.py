@@ -201,7 +201,7 @@ def test_nan_message_names_a_checkpoint_only_when_there_is_one(tiny_data, tmp_pa
 def test_missing_logging_package_fails_before_the_run_folder_exists(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     out = tmp_path / "wb"
-    with pytest.raises(LarpError, match="run.wandb=true needs the wandb package"):
+    with pytest.raises(LarpError, match=r"run.wandb=true needs the wandb package: pip install -e '\.\[logging\]'"):
         train(tiny_recipe(tiny_data, out, "run.wandb=true"), TokenizerTask)
     assert not out.exists()
 

@@ -25,13 +25,13 @@ def check_logging(run: RunConfig) -> None:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError as exc:
-            raise LarpError("run.tensorboard=true needs the tensorboard package: pip install 'larp[logging]'"
+            raise LarpError("run.tensorboard=true needs the tensorboard package: pip install -e '.[logging]'"
                             ) from exc
     if run.wandb:
         try:
             import wandb  # noqa: F401
         except ImportError as exc:
-            raise LarpError("run.wandb=true needs the wandb package: pip install wandb") from exc
+            raise LarpError("run.wandb=true needs the wandb package: pip install -e '.[logging]'") from exc
 
 
 def keep_rows_up_to(file: Path, step: int) -> None:
