@@ -149,8 +149,9 @@ def evaluate_tokenizer(
     dataset = VideoCSVDataset(csv_path, num_frames=frames, size=size, train=False, seed=seed)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     generator = None if deterministic else torch.Generator(device).manual_seed(seed)
+    desc = f"{'rFVD' if fvd else 'reconstruction'} ({proto.name})"  # the bar does not promise an rFVD it skips
     result = reconstruction_metrics(
-        tqdm(loader, desc=f"rFVD ({proto.name})", unit="batch", disable=not progress), tokenizer,
+        tqdm(loader, desc=desc, unit="batch", disable=not progress), tokenizer,
         device=device, dtype=amp_dtype(device, use_amp), deterministic=deterministic, generator=generator,
         lpips=lpips_metric, detector=det_module)
     real_stats, recon_stats, count = result.real_stats, result.recon_stats, int(result.metrics["clips"])
