@@ -232,6 +232,8 @@ def test_sample_takes_the_shared_output_names_and_checks_numbers(capsys):
     base = ["sample", "--ar_model", "A", "--tokenizer", "T", "--dataset_csv", "D"]
     for spelling in ("-o", "--out", "--output_dir", "--output-dir"):
         assert parser.parse_args([*base, spelling, "job"]).output_dir == "job"
+    for spelling in ("--sample_batch_size", "--sample-batch-size", "--batch_size", "--batch-size"):
+        assert parser.parse_args([*base, "-o", "job", spelling, "4"]).sample_batch_size == 4
     for option, value, message in (("--cfg_scale", "nan", "expected a finite number, got 'nan'"),
                                    ("--temperature", "0", "expected a number > 0, got '0'"),
                                    ("--top_p", "1.5", "expected a number in (0, 1], got '1.5'"),

@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_option(p, "num_samples_total", type=opts.positive_int, default=None,
                     help="samples in the whole job (default: --num_samples, i.e. one shard)")
     opts.add_option(p, "starting_index", type=opts.non_negative_int, default=0, help="first sample of this shard")
-    opts.add_option(p, "sample_batch_size", type=opts.positive_int, default=32,
-                    help="batch size; part of the job's identity, since batch k is seeded from (seed, k * size)")
+    opts.add_option(p, "sample_batch_size", "--batch_size", type=opts.positive_int, default=32,
+                    help="samples per batch; part of the job's identity, since batch k is seeded from (seed, k * size)")
     opts.add_option(p, "cfg_scale", "--cs", type=opts.non_negative_float, default=1.0,
                     help="classifier-free guidance scale, 1: off (UCF-101 protocol: 1.25)")
     opts.add_option(p, "cfg_interval", type=int, default=-1,
