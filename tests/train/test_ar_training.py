@@ -91,6 +91,18 @@ def test_cache_holds_the_tokens_of_the_clips_it_names(cache, tiny_data, tiny_tok
         assert ds[i]["label"] == videos.rows[video].label
 
 
+def test_cache_files_honour_the_umask(tiny_data, tiny_tokenizer, tmp_path):
+    ds = VideoCSVDataset(tiny_data["train"], num_frames=8, size=32)
+    old = os.umask(0o002)
+    try:
+        build_token_cache(LARPTokenizer.from_pretrained(tiny_tokenizer), ds, tmp_path / "tokens", tokenizer_id="t",
+                          flip=False, shard_size=8, progress=False)
+    finally:
+        os.umask(old)
+    files = list((tmp_path / "tokens").iterdir())
+    assert len(files) > 2 and all(f.stat().st_mode & 0o777 == 0o664 for f in files), files
+
+
 def test_cache_refuses_to_overwrite(cache, tiny_data, tiny_tokenizer):
     tok = LARPTokenizer.from_pretrained(tiny_tokenizer)
     ds = VideoCSVDataset(tiny_data["train"], num_frames=8, size=32)

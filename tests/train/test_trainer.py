@@ -124,6 +124,18 @@ def test_checkpoint_round_trip_keeps_types(tmp_path):
     assert torch.equal(back["b"][0], torch.arange(3)) and torch.equal(back[7]["d"], torch.zeros(2, 2))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_checkpoint_files_honour_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        folder = ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(2)})
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    for file in folder.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o666 & ~umask, file.name
+
+
 def test_keep_last_prunes_old_checkpoints(tmp_path):
     for step in range(1, 6):
         ckpt.save_checkpoint(tmp_path, step, {"w": torch.ones(1) * step})

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from larp.utils.errors import CheckpointError
+from larp.utils.files import default_dir_mode, default_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ def write_checkpoint(final: Path, step: int, state: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=root))
     try:
+        os.chmod(tmp, default_dir_mode())  # mkdtemp gives 0700 and safetensors 0600: the umask's modes instead
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten_state(state, tensors)
         save_file(tensors, str(tmp / TENSORS))
+        os.chmod(tmp / TENSORS, default_file_mode())
         (tmp / STATE).write_text(json.dumps({"step": step, "state": skeleton}))
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after an interrupt): replace it whole

@@ -27,6 +27,7 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import VideoReadError, probe_video, read_clip
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import pad_context
+from larp.utils.files import atomic_write_bytes
 
 META = "meta.json"
 
@@ -116,7 +117,8 @@ def build_token_cache(
             return
         name = f"shard_{len(shards):05d}.safetensors"
         tensors = {k: torch.cat(v) for k, v in buffer.items() if v}
-        save_file(tensors, str(out / name))
+        # atomic, with the umask's permissions (safetensors creates its files readable by their owner only)
+        atomic_write_bytes(out / name, lambda tmp: save_file(tensors, tmp))
         shards.append(name)
         for v in buffer.values():
             v.clear()
