@@ -161,5 +161,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise _unknown_override(item, key.strip(), data)
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r} has a value that is not valid YAML: "
+                              f"{' '.join(str(err).split())} (quote it as a string if that is what you mean)") from err
     return out
