@@ -288,6 +288,21 @@ def _ar_variant(folder: Path, **overrides) -> Path:
     return folder
 
 
+def test_sample_defaults_are_those_of_generate():
+    from larp.sample.generate_cli import GenerateConfig
+    from larp.sample.job import SampleConfig
+
+    names = {"ar_model": "A", "tokenizer": "T", "output_dir": "O", "dataset_csv": "D"}
+    generate = GenerateConfig.__dataclass_fields__
+    classes = SampleConfig(**names)
+    assert classes.cfg_scale == generate["cfg_scale"].default == 1.25 and classes.num_cond_frames is None
+    fp = SampleConfig(**names, fp=True)
+    assert (fp.cfg_scale, fp.num_cond_frames) == (1.0, generate["num_cond_frames"].default) == (1.0, 5)
+    args = build_parser().parse_args(["sample", *[f"--{k}={v}" for k, v in names.items()], "--fp"])
+    assert (args.cfg_scale, args.num_cond_frames) == (None, None)  # resolved by SampleConfig, as above
+    assert SampleConfig(**names, fp=True, num_cond_frames=3, cfg_scale=1.0).num_cond_frames == 3
+
+
 @pytest.mark.parametrize("extra, ar, expected", [
     (["--num_samples", "4", "--starting_index", "4", "--num_samples_total", "6"], "ar_tiny",
      "this shard [4, 8) (--starting_index 4 + --num_samples 4) is not covered by --num_samples_total 6"),
@@ -295,8 +310,7 @@ def _ar_variant(folder: Path, **overrides) -> Path:
      "asked for 41 clips but the 20 videos hold only 40 non-overlapping 8-frame chunks"),
     (["--num_samples", "2", "--fp", "--num_cond_frames", "3"], "ar_tiny",
      "--fp needs a frame-prediction AR model, but"),
-    (["--num_samples", "2"], "ar_fp_tiny", "is a frame-prediction model; pass --fp and --num_cond_frames"),
-    (["--num_samples", "2", "--fp"], "ar_fp_tiny", "frame prediction (--fp) needs --num_cond_frames"),
+    (["--num_samples", "2"], "ar_fp_tiny", "is a frame-prediction model; pass --fp"),
     (["--num_samples", "2", "--fp", "--num_cond_frames", "8"], "ar_fp_tiny",
      "--num_cond_frames must be in [1, 7] for this 8-frame tokenizer, got 8"),
     (["--num_samples", "2", "--fp", "--num_cond_frames", "3", "--cfg_scale", "1.5"], "ar_fp_tiny",

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from larp.eval.commands import ENV_I3D_PATH
+from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
 from larp.utils import cli as opts
 
 DESCRIPTION = """\
@@ -36,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_option(p, "starting_index", type=opts.non_negative_int, default=0, help="first sample of this shard")
     opts.add_option(p, "sample_batch_size", "--batch_size", type=opts.positive_int, default=32,
                     help="samples per batch; part of the job's identity, since batch k is seeded from (seed, k * size)")
-    opts.add_option(p, "cfg_scale", "--cs", type=opts.non_negative_float, default=1.0,
-                    help="classifier-free guidance scale, 1: off (UCF-101 protocol: 1.25)")
+    opts.add_option(p, "cfg_scale", "--cs", type=opts.non_negative_float, default=None,
+                    help=f"classifier-free guidance scale, 1: off (default: {DEFAULT_CFG_SCALE}, the UCF-101 "
+                         "protocol's; 1 with --fp)")
     opts.add_option(p, "cfg_interval", type=int, default=-1,
                     help="guide only the first tokens up to this one (-1: all tokens)")
     opts.add_option(p, "temperature", type=opts.positive_float, default=1.0, help="sampling temperature")
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="frame prediction: condition on the tokens of each real clip's first --num_cond_frames "
                          "frames")
     opts.add_option(p, "num_cond_frames", type=opts.positive_int, default=None,
-                    help="context frames for --fp (default: none; the released setup: 5)")
+                    help=f"context frames for --fp (default: {DEFAULT_COND_FRAMES}, the released setup)")
     opts.add_seed(p, help="sampling seed")
     opts.add_device(p)
     opts.add_option(p, "i3d_path", default=None, metavar="FILE",
@@ -71,7 +73,6 @@ class-conditional sample of --ar_model --class_id): --fp_model repeatedly predic
 --num_cond_frames frames and its new frames are appended. OUT/generate.json records the settings."""
 
 
-DEFAULT_CFG_SCALE = 1.25  # the UCF-101 protocol's guidance
 
 
 def register_generate(sub: argparse._SubParsersAction) -> None:
@@ -94,7 +95,7 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
                          "else a class-conditional sample starts it)")
     opts.add_option(p, "num_frames", type=opts.positive_int, default=None,
                     help="--frame_prediction: frames of each long video (default: none; required with it)")
-    opts.add_option(p, "num_cond_frames", type=opts.positive_int, default=5,
+    opts.add_option(p, "num_cond_frames", type=opts.positive_int, default=DEFAULT_COND_FRAMES,
                     help="--frame_prediction: context frames of each prediction, as the model was trained")
     opts.add_option(p, "num_videos", type=opts.positive_int, default=1, help="videos to generate (one batch)")
     opts.add_option(p, "cfg_scale", "--cs", type=opts.non_negative_float, default=DEFAULT_CFG_SCALE,

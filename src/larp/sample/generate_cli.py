@@ -17,6 +17,7 @@ from larp.data.video_write import write_mp4
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair
+from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
 from larp.sample.generate import generate, in_dtype
 from larp.sample.long import check_long_args, generate_long
 from larp.utils.device import resolve_device, resolve_dtype
@@ -34,8 +35,8 @@ class GenerateConfig:
     context: str | None = None  # a video to continue (frame prediction)
     num_videos: int = 1
     num_frames: int | None = None  # frame prediction: frames of the long video
-    num_cond_frames: int = 5
-    cfg_scale: float = 1.25  # the UCF-101 protocol's guidance
+    num_cond_frames: int = DEFAULT_COND_FRAMES
+    cfg_scale: float = DEFAULT_CFG_SCALE
     cfg_interval: int = -1
     temperature: float = 1.0
     top_k: int = 0

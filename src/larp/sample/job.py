@@ -46,6 +46,7 @@ from larp.eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair, frame_prediction_condition
+from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
 from larp.sample.generate import generate
 from larp.sample.shards import (
     LOCK_STALE_SECONDS,
@@ -79,7 +80,7 @@ class SampleConfig:
     dataset_csv: str
     num_samples: int = 1024
     sample_batch_size: int = 32
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None  # None: 1.25 (the UCF-101 protocol's guidance), 1 with fp (no guidance)
     cfg_interval: int = -1
     temperature: float = 1.0
     top_k: int = 0
@@ -87,13 +88,20 @@ class SampleConfig:
     dtype: str | None = None  # None: bfloat16 on CUDA (the reference's choice), float32 elsewhere
     dataset_split_seed: int = 42
     fp: bool = False
-    num_cond_frames: int | None = None
+    num_cond_frames: int | None = None  # None: 5 with fp (the released setup)
     num_samples_total: int | None = None  # None: this run is the whole job
     starting_index: int = 0
     seed: int = 0
     device: str = "auto"
     i3d_path: str | None = None
     no_fvd: bool = False
+
+    def __post_init__(self) -> None:
+        # The same defaults as `larp generate`; the job records the resolved values.
+        if self.cfg_scale is None:
+            self.cfg_scale = 1.0 if self.fp else DEFAULT_CFG_SCALE
+        if self.fp and self.num_cond_frames is None:
+            self.num_cond_frames = DEFAULT_COND_FRAMES
 
     @property
     def total(self) -> int:
@@ -153,8 +161,6 @@ def check_numbers(cfg: SampleConfig) -> None:
     if not cfg.no_fvd and cfg.total < 2:
         raise ValueError(f"FVD needs at least 2 samples, the job has {cfg.total}; pass --no_fvd to skip it")
     if cfg.fp:
-        if cfg.num_cond_frames is None:
-            raise ValueError("frame prediction (--fp) needs --num_cond_frames (the released setup uses 5)")
         if cfg.cfg_scale != 1.0:
             raise ValueError(f"frame prediction has no classifier-free guidance: --cfg_scale must be 1, "
                              f"got {cfg.cfg_scale}")
@@ -167,7 +173,7 @@ def check_models_fit(tokenizer: LARPTokenizer, ar: LARPAR, cfg: SampleConfig) ->
     check_pair(tokenizer, ar, f"(AR model {cfg.ar_model}, tokenizer {cfg.tokenizer})")
     a = ar.config
     if a.frame_prediction and not cfg.fp:
-        raise ValueError(f"{cfg.ar_model} is a frame-prediction model; pass --fp and --num_cond_frames")
+        raise ValueError(f"{cfg.ar_model} is a frame-prediction model; pass --fp")
     if cfg.fp and not a.frame_prediction:
         raise ValueError(f"--fp needs a frame-prediction AR model, but {cfg.ar_model} is class-conditional")
     frames = tokenizer.video_shape[1]
