@@ -406,3 +406,25 @@ def test_frame_prediction_conditions_on_the_context_tokens(dataset_csv: Path, de
     assert len(rows) == 1 and (rows[0]["fp"], rows[0]["num_cond_frames"], rows[0]["dtype"]) == (
         "True", "3", "bfloat16")
     assert sorted(p.name for p in (out / "overview").iterdir()) == ["shard_0_5.gif", "shard_0_5.png"]
+
+
+def test_overwrite_replaces_a_job_with_other_settings_and_keeps_other_files(dataset_csv: Path, detector: Path,
+                                                                            tmp_path: Path, capsys):
+    out = tmp_path / "job"
+    first = ("--num_samples", "2", "--no_fvd", "--cfg_scale", "1.5")
+    assert main(sample_args(out, dataset_csv, detector, *first)) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "samples" / "keep.txt").write_text("mine too")
+    other = ("--num_samples", "2", "--no_fvd", "--cfg_scale", "2")
+    assert main(sample_args(out, dataset_csv, detector, *other)) == 1
+    assert "--overwrite to replace it" in capsys.readouterr().err
+    # the same settings with --overwrite resume: the finished shard is kept, not redone
+    stamp = (out / "stats" / "shard_0_2.done.json").stat().st_mtime_ns
+    assert main(sample_args(out, dataset_csv, detector, *first, "--overwrite")) == 0
+    assert "finished in an earlier run; skipped" in capsys.readouterr().out
+    assert (out / "stats" / "shard_0_2.done.json").stat().st_mtime_ns == stamp
+    # other settings with --overwrite: the old job's files go, the user's stay
+    assert main(sample_args(out, dataset_csv, detector, *other, "--overwrite")) == 0
+    assert json.loads((out / "job.json").read_text())["cfg_scale"] == 2.0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "samples" / "keep.txt").read_text() == "mine too"
+    assert len(list((out / "samples").glob("*.mp4"))) == 2

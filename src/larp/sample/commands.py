@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help=f"the I3D detector file (default: ${ENV_I3D_PATH}, then ~/.cache/larp/"
                          "i3d_torchscript.pt, then a verified download)")
     opts.add_option(p, "no_fvd", action="store_true", help="write samples only: no detector, no statistics, no FVD")
+    opts.add_overwrite(p, help="replace a job with other settings in --output_dir (what it wrote is removed; "
+                               "a job with the same settings resumes either way)")
     p.set_defaults(func=run)
     register_generate(sub)
 

@@ -95,6 +95,7 @@ class SampleConfig:
     device: str = "auto"
     i3d_path: str | None = None
     no_fvd: bool = False
+    overwrite: bool = False  # replace a job with other settings in output_dir (a job with these settings resumes)
 
     def __post_init__(self) -> None:
         # The same defaults as `larp generate`; the job records the resolved values.
@@ -226,15 +227,35 @@ def _job_record(cfg: SampleConfig, csv_path: Path, csv_sha: str, dtype: torch.dt
             "seed": cfg.seed, "compute_fvd": not cfg.no_fvd}
 
 
-def _check_job(out: Path, job: dict[str, Any]) -> None:
+def _job_diff(out: Path, job: dict[str, Any]) -> list[str]:
     path = out / "job.json"
     if not path.is_file():
-        return
+        return []
     old = json.loads(path.read_text())
-    diff = [f"{k}: {old.get(k)!r} there, {job[k]!r} here" for k in job if old.get(k) != job[k]]
+    return [f"{k}: {old.get(k)!r} there, {job[k]!r} here" for k in job if old.get(k) != job[k]]
+
+
+def _check_job(out: Path, job: dict[str, Any]) -> None:
+    diff = _job_diff(out, job)
     if diff:
         raise ValueError(f"{out} holds a sampling job with other settings ({'; '.join(diff)}); its shards "
-                         "cannot be merged with this run's. Use another --output_dir or the same settings")
+                         "cannot be merged with this run's. Use another --output_dir, the same settings, or "
+                         "--overwrite to replace it")
+
+
+# What a job writes in its folder (other files there are left alone).
+JOB_FILES = ("job.json", "clips.json", "fvd.json", "fvd.lock", "samples/*.mp4", "tokens/shard_*.npz",
+             "stats/*.npz", "stats/shard_*.done.json", "overview/shard_*.gif", "overview/shard_*.png")
+
+
+def clear_job(out: Path) -> None:
+    """Remove what an earlier job wrote in `out` (fvd_report.csv, a log of results, stays)."""
+    for pattern in JOB_FILES:
+        for path in out.glob(pattern):
+            path.unlink()
+    for sub in ("samples", "tokens", "stats", "overview"):
+        if (out / sub).is_dir() and not any((out / sub).iterdir()):
+            (out / sub).rmdir()
 
 
 def prepare(cfg: SampleConfig) -> SamplePlan:
@@ -251,6 +272,8 @@ def prepare(cfg: SampleConfig) -> SamplePlan:
     out = Path(cfg.output_dir)
     csv_sha = _sha256(csv_path)
     job = _job_record(cfg, csv_path, csv_sha, dtype)
+    if cfg.overwrite and _job_diff(out, job):
+        clear_job(out)
     _check_job(out, job)
 
     start, end = cfg.shard
