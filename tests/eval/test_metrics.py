@@ -113,6 +113,14 @@ def test_offline_mode_fails_fast_without_trying_to_download(tmp_path: Path, monk
         LPIPSMetric(pretrained_trunk=True)
 
 
+def test_without_download_the_message_says_nothing_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(LPIPSWeightsError, match=r"vgg16-397923af.pth is missing \(this command does not download "
+                                                r"it\)\. LPIPS needs"):
+        metrics.resolve_vgg_weights(download=False)
+
+
 def test_damaged_vgg_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     path = metrics.vgg_weights_path()

@@ -148,8 +148,8 @@ def resolve_vgg_weights(path: str | os.PathLike | None = None, *, download: bool
     if target.is_file():
         return verify_vgg_file(target)
     if not download or offline_mode():
-        why = "HF_HUB_OFFLINE is set, so nothing is downloaded" if download else "it is not there"
-        raise LPIPSWeightsError(f"{target} is missing and {why}. " + _instructions(target, hint))
+        why = "and HF_HUB_OFFLINE is set, so nothing is downloaded" if download else "(this command does not download it)"
+        raise LPIPSWeightsError(f"{target} is missing {why}. " + _instructions(target, hint))
     try:
         return download_checked(VGG_URL, target, verify_vgg_file)
     except Exception as exc:  # offline, blocked or a bad download: one explanation for all
