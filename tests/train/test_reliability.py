@@ -59,6 +59,14 @@ def test_a_run_that_failed_during_setup_does_not_block_the_retry(tiny_data, tmp_
     assert ckpt.list_checkpoints(out / "checkpoints")[-1].name == "step_00000001"
 
 
+def test_a_batch_larger_than_the_training_set_fails_before_the_run_exists(tiny_data, tmp_path):
+    out = tmp_path / "big_batch"
+    with pytest.raises(ValueError, match="fewer than one batch of 100"):
+        train(tiny_recipe(tiny_data, out, "data.batch_size=100"), TokenizerTask)
+    assert not (out / "config.yaml").exists()
+    train(tiny_recipe(tiny_data, out, "run.max_steps=1"), TokenizerTask)  # the retry needs no --overwrite
+
+
 # ------------------------------------------------------------------------------------ recipe validation
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),

@@ -46,6 +46,13 @@ from larp.utils.files import write_json
 log = logging.getLogger("larp.train")
 
 
+def check_batch_fits(num_items: int, batch_size: int, world_size: int) -> None:
+    """A ValueError when a process's share of the training set is smaller than one batch."""
+    if num_items // world_size < batch_size:
+        raise ValueError(f"the training set has {num_items} items, fewer than one batch of {batch_size} "
+                         f"per process ({world_size} processes)")
+
+
 class TrainingDiverged(LarpError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -268,9 +275,7 @@ class Engine:
     def _batches(self, batch_size: int, num_workers: int) -> Iterator[dict[str, Any]]:
         dataset = self.task.train_dataset()
         sampler = ResumableSampler(len(dataset), self.run.seed, self.ctx.rank, self.ctx.world_size)
-        if sampler.per_rank() < batch_size:
-            raise ValueError(f"the training set has {len(dataset)} items, fewer than one batch of {batch_size} "
-                             f"per process ({self.ctx.world_size} processes)")
+        check_batch_fits(len(dataset), batch_size, self.ctx.world_size)
         while True:
             sampler.set_position(self.epoch, self.batch_in_epoch * batch_size)
             yield from self._loader(sampler, batch_size, num_workers)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from larp.train.checkpoint import OLD_PREFIX, TMP_PREFIX, list_checkpoints
 from larp.train.config import RunConfig, effective_batch, save_recipe
-from larp.train.engine import Engine, setup_context
+from larp.train.engine import Engine, check_batch_fits, setup_context
 from larp.train.tracking import METRICS, WANDB_ID, check_logging
 from larp.utils.config import to_dict
 from larp.utils.errors import LarpError
@@ -83,6 +83,7 @@ def train(recipe: Any, task_cls: type, resume: bool = False, overwrite: bool = F
         logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         task = task_cls(recipe, ctx)
+        check_batch_fits(len(task.train_dataset()), recipe.data.batch_size, ctx.world_size)  # before the run exists
         if ctx.is_main:
             save_recipe(recipe, out_dir / "config.yaml")
         if ctx.is_main:
