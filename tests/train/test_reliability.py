@@ -67,6 +67,19 @@ def test_a_batch_larger_than_the_training_set_fails_before_the_run_exists(tiny_d
     train(tiny_recipe(tiny_data, out, "run.max_steps=1"), TokenizerTask)  # the retry needs no --overwrite
 
 
+def test_recipe_files_and_values_that_cannot_be_read_are_config_errors(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ConfigError, match="recipe .*binary.yaml is not a text file"):
+        load_recipe(ARTrainConfig, binary)
+    with pytest.raises(ConfigError, match="recipe .* is a folder, not a YAML file"):
+        load_recipe(ARTrainConfig, tmp_path)
+    with pytest.raises(ConfigError, match=r"override 'model.config.dim=\[1,' has a value that is not valid YAML"):
+        load_recipe(ARTrainConfig, None, ["model.preset=ar-tiny", "model.config.dim=[1,"])
+    with pytest.raises(ConfigError, match=r"config.dim: expected an integer, got inf"):
+        load_recipe(ARTrainConfig, None, ["model.preset=ar-tiny", "model.config.dim=.inf"])
+
+
 # ------------------------------------------------------------------------------------ recipe validation
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),

@@ -21,7 +21,7 @@ from larp.models.config import (
     TokenizerConfig,
 )
 from larp.train.codebook import CodebookOptions
-from larp.utils.config import ConfigError, apply_overrides, from_dict, to_dict
+from larp.utils.config import ConfigError, apply_overrides, from_dict, parse_override_value, to_dict
 
 T = TypeVar("T")
 
@@ -302,6 +302,11 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: list[st
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError as exc:
             raise ConfigError(f"recipe {path} does not exist") from exc
+        except IsADirectoryError as exc:
+            raise ConfigError(f"recipe {path} is a folder, not a YAML file") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not a text file ({exc.reason} at byte {exc.start}); "
+                              "expected a YAML recipe") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
     where = f"recipe {path}" if path else "recipe"
@@ -315,7 +320,7 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: list[st
             parts = key.split(".")[2:]
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = parse_override_value(item, raw)
         full = apply_overrides(full, [o for o in overrides if not o.startswith("model.config.")])
         recipe = from_dict(cls, full, f"{where} with overrides")
     recipe.model_config()  # type: ignore[attr-defined]  # validates the model section now, not mid-run

@@ -64,7 +64,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):  # 1.5, NaN and infinity
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -146,8 +147,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     A key path that does not exist is an error, so a typo cannot create a new, unused option."""
     import copy
 
-    import yaml
-
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -161,9 +160,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise _unknown_override(item, key.strip(), data)
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r} has a value that is not valid YAML: "
-                              f"{' '.join(str(err).split())} (quote it as a string if that is what you mean)") from err
+        node[parts[-1]] = parse_override_value(item, raw)
     return out
+
+
+def parse_override_value(item: str, raw: str) -> Any:
+    """The YAML value of the override `item` (`key=raw`); a ConfigError naming it when it is not YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r} has a value that is not valid YAML: "
+                          f"{' '.join(str(err).split())} (quote it as a string if that is what you mean)") from err
