@@ -97,6 +97,9 @@ def test_select_clips_is_seeded_and_checked():
     assert picked == sorted(random.Random(7).sample(range(100), 10)) == protocols.select_clips(100, 10, 7)
     with pytest.raises(ValueError, match="at least 2"):
         protocols.select_clips(100, 1, 0)
+    assert protocols.select_clips(100, 1, 0, fvd=False) == sorted(random.Random(0).sample(range(100), 1))
+    with pytest.raises(ValueError, match="at least 1"):
+        protocols.select_clips(100, 0, 0, fvd=False)
 
 
 # ------------------------------------------------------------------------------------------ gFVD chunks

@@ -83,12 +83,15 @@ def resolve_protocol_csv(dataset_csv: str | os.PathLike, protocol: TokenizerProt
     return path
 
 
-def select_clips(num_videos: int, num_clips: int | None, seed: int) -> list[int]:
-    """All videos in CSV order, or a seeded sample of `num_clips` of them (in sorted order)."""
+def select_clips(num_videos: int, num_clips: int | None, seed: int, fvd: bool = True) -> list[int]:
+    """All videos in CSV order, or a seeded sample of `num_clips` of them (in sorted order); at least two
+    when the FVD is computed, one without it."""
     if num_clips is None:
         return list(range(num_videos))
-    if num_clips < 2:
-        raise ValueError(f"num_clips must be at least 2 (FVD needs two samples), got {num_clips}")
+    if fvd and num_clips < 2:
+        raise ValueError(f"num_clips must be at least 2 (FVD needs two samples; --no_fvd takes one), got {num_clips}")
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be at least 1, got {num_clips}")
     if num_clips > num_videos:
         raise ValueError(f"asked for {num_clips} clips (one per video) but the dataset CSV lists only "
                          f"{num_videos} videos")
@@ -138,7 +141,7 @@ def evaluate_tokenizer(
     device = torch.device(device)
     csv_path = resolve_protocol_csv(dataset_csv, proto)
     rows = read_video_csv(csv_path)
-    indices = select_clips(len(rows), num_clips, seed)
+    indices = select_clips(len(rows), num_clips, seed, fvd=fvd)
     if len(rows) != proto.expected_videos:
         log.info("%s lists %d videos; the %r protocol on UCF-101 split 1 has %d", csv_path, len(rows),
                  proto.name, proto.expected_videos)
