@@ -78,3 +78,25 @@ def test_demo_recipes_are_the_shipped_package_files_and_configs_links_to_them():
     quick = Demo.__new__(Demo)
     quick.cfg = DemoConfig.smoke()
     assert quick.tokenizer_recipe().run.max_steps == 4 and quick.ar_recipe().run.max_steps == 4
+
+
+def test_sample_files_honour_the_umask(tmp_path):
+    import os
+
+    import torch
+
+    from larp import LARPAR, LARPTokenizer, ar_preset, tokenizer_preset
+
+    torch.manual_seed(0)
+    tok = LARPTokenizer(tokenizer_preset("larp-tiny")).save_pretrained(tmp_path / "tok")
+    ar = LARPAR(ar_preset("ar-tiny")).save_pretrained(tmp_path / "ar")
+    demo = Demo(tmp_path / "demo", DemoConfig(classes=2, samples_per_class=1, frames=8, size=32))
+    demo.state.setdefault("done", {}).update({"tokenizer": {"model": str(tok)}, "ar": {"model": str(ar)}})
+    old = os.umask(0o002)
+    try:
+        demo.stage_samples()
+    finally:
+        os.umask(old)
+    files = list((tmp_path / "demo" / "samples").iterdir())
+    assert any(f.suffix == ".safetensors" for f in files)
+    assert all(f.stat().st_mode & 0o777 == 0o664 for f in files), files
