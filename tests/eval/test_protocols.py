@@ -64,6 +64,20 @@ def test_runs_are_reproducible_and_seeds_change_clips(tokenizer, tiny_videos: Pa
     assert first["psnr"] != other["psnr"]
 
 
+def test_dtype_runs_the_tokenizer_under_autocast_and_is_recorded(tokenizer, tiny_videos: Path):
+    def run(**kw) -> dict:
+        return protocols.evaluate_tokenizer(tokenizer, tiny_videos / "data.csv", batch_size=5, lpips=False,
+                                            fvd=False, progress=False, **kw)
+
+    full, half, amp = run(), run(dtype="bfloat16"), run(use_amp=True)
+    assert (full["protocol"]["dtype"], half["protocol"]["dtype"], amp["protocol"]["dtype"]) == (
+        "float32", "bfloat16", "bfloat16")  # --use_amp on a CPU: bfloat16, as --dtype bfloat16
+    assert half["metrics"]["psnr"] == amp["metrics"]["psnr"] != full["metrics"]["psnr"]
+    assert half["metrics"]["psnr"] == pytest.approx(full["metrics"]["psnr"], abs=0.5)
+    with pytest.raises(ValueError, match="either dtype .* or use_amp"):
+        run(dtype="float32", use_amp=True)
+
+
 def test_too_many_clips_fails_before_the_detector_is_looked_up(tokenizer, tiny_videos: Path):
     # no detector is available here (offline, empty cache): the clip count error must come first
     with pytest.raises(ValueError, match="asked for 9 clips .* lists only 5 videos"):

@@ -92,7 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_option(t, "protocol", choices=sorted(PROTOCOLS), default="paper", help="evaluation protocol")
     opts.add_option(t, "num_clips", type=opts.positive_int, default=None,
                     help="a seeded subset of the videos (default: all)")
-    opts.add_option(t, "use_amp", action="store_true", help="mixed precision for the tokenizer")
+    opts.add_dtype(t, default=None, help="tokenizer precision under autocast (default: float32; bfloat16 and "
+                                      "float16 run under autocast)")
+    opts.add_option(t, "use_amp", action="store_true",
+                    help="the reference's mixed precision: float16 on CUDA, bfloat16 on CPUs (or use --dtype)")
     opts.add_option(t, "det", action=opts.BooleanOption, default=True,
                     help="deterministic (argmax) quantisation, the protocol's choice (default: on); --no_det samples codes")
     opts.add_option(t, "no_lpips", action="store_true", help="skip LPIPS (it needs the VGG-16 ImageNet weights)")
@@ -157,7 +160,7 @@ def run_eval_tokenizer(args: argparse.Namespace) -> int:
     tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
     result: dict[str, Any] = evaluate_tokenizer(
         tokenizer, args.dataset_csv, protocol=args.protocol, num_clips=args.num_clips, seed=args.seed,
-        batch_size=args.batch_size, device=resolve_device(args.device), use_amp=args.use_amp,
+        batch_size=args.batch_size, device=resolve_device(args.device), use_amp=args.use_amp, dtype=args.dtype,
         deterministic=args.det, detector=args.i3d_path, lpips=not args.no_lpips, fvd=not args.no_fvd,
         num_workers=args.num_workers, stats_dir=args.stats_dir)
     result["tokenizer"] = args.tokenizer

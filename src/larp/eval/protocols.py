@@ -26,6 +26,7 @@ from larp.data.video_io import probe_video, read_clip
 from larp.eval import fvd as fvd_lib
 from larp.eval.metrics import LPIPSMetric
 from larp.eval.reconstruction import reconstruction_metrics
+from larp.utils.device import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def evaluate_tokenizer(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     use_amp: bool = False,
+    dtype: str | None = None,
     deterministic: bool = True,
     detector: torch.nn.Module | str | os.PathLike | None = None,
     lpips: bool | LPIPSMetric = True,
@@ -132,13 +134,17 @@ def evaluate_tokenizer(
     fvd: bool = True,
 ) -> dict[str, Any]:
     """rFVD, PSNR, SSIM (and LPIPS) of `tokenizer` over one clip per video of `dataset_csv`;
-    `fvd=False` leaves rFVD out (no I3D detector needed).
+    `fvd=False` leaves rFVD out (no I3D detector needed). Precision: `dtype` ("float32", "bfloat16",
+    "float16" under autocast); else `use_amp` as the reference (float16 on CUDA, bfloat16 on CPU), else float32.
 
     Clip size and length follow the tokenizer (the released one takes 16x128x128, the protocol's clips).
     Every check (CSV, clip count, detector, LPIPS weights) runs before the first clip is read.
     `stats_dir`: also save the real and reconstruction feature statistics there (`real.npz`, `recon.npz`)."""
     proto = get_protocol(protocol)
     device = torch.device(device)
+    if dtype is not None and use_amp:
+        raise ValueError(f"pass either dtype ({dtype!r}) or use_amp, not both")
+    compute_dtype = resolve_dtype(dtype, device) if dtype is not None else amp_dtype(device, use_amp)
     csv_path = resolve_protocol_csv(dataset_csv, proto)
     rows = read_video_csv(csv_path)
     indices = select_clips(len(rows), num_clips, seed, fvd=fvd)
@@ -155,7 +161,7 @@ def evaluate_tokenizer(
     desc = f"{'rFVD' if fvd else 'reconstruction'} ({proto.name})"  # the bar does not promise an rFVD it skips
     result = reconstruction_metrics(
         tqdm(loader, desc=desc, unit="batch", disable=not progress), tokenizer,
-        device=device, dtype=amp_dtype(device, use_amp), deterministic=deterministic, generator=generator,
+        device=device, dtype=compute_dtype, deterministic=deterministic, generator=generator,
         lpips=lpips_metric, detector=det_module)
     real_stats, recon_stats, count = result.real_stats, result.recon_stats, int(result.metrics["clips"])
     metrics = {k: result.metrics[k] for k in ("rfvd", "psnr", "ssim", "lpips") if k in result.metrics}
@@ -174,6 +180,7 @@ def evaluate_tokenizer(
         "clip_start": f"per video i: numpy default_rng([{seed}, i]) draws a start among those that fit",
         "deterministic": deterministic,
         "use_amp": use_amp,
+        "dtype": str(compute_dtype).removeprefix("torch."),
         "detector": det_record,
         "lpips": None if lpips_metric is None else "lpips 0.1, net vgg, per frame, normalize=True",
     }
