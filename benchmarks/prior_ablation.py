@@ -570,6 +570,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, list[
         vals = {"psnr": r["recon"].get("psnr"), "object_psnr": r["recon"].get("object_psnr"),
                 "object_iou": r["recon"].get("object_iou"), "recon_strict": r["recon"].get("strict_accuracy"),
                 "prior_top1": r["prior_eval"].get("prior_top1"), "prior_ce": r["prior_eval"].get("prior_ce"),
+                "prior_cos": r["prior_eval"].get("prior_cos"),
                 "ar_nll": r["ar"].get("val_nll"), "unigram_nll": r["ar"].get("unigram_nll"),
                 "sfvd": r["samples"].get("sfvd"), "strict": r["samples"].get("strict_accuracy"),
                 "coherent": r["samples"].get("coherent_fraction"), "minutes": r["seconds"]["total"] / 60}
@@ -595,7 +596,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     s = summary(rows)
     cols = [("recon PSNR (dB)", "psnr", 2, False), ("object PSNR (dB)", "object_psnr", 2, False),
             ("object IoU", "object_iou", 3, False), ("prior top-1 (%)", "prior_top1", 1, True),
-            ("prior CE (nats)", "prior_ce", 2, False), ("AR val NLL (nats/token)", "ar_nll", 3, False),
+            ("prior CE (nats)", "prior_ce", 2, False), ("prior cos", "prior_cos", 2, False), ("AR val NLL (nats/token)", "ar_nll", 3, False),
             ("unigram NLL", "unigram_nll", 2, False), ("sample sFVD", "sfvd", 2, False),
             ("strict acc. (%)", "strict", 1, True), ("coherent (%)", "coherent", 1, True),
             ("minutes", "minutes", 0, False)]
@@ -616,10 +617,11 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         if not on.get("sfvd") or not off.get("sfvd"):
             continue
         mean = {k: sum(v) / len(v) for k, v in (("on", on["sfvd"]), ("off", off["sfvd"]))}
-        separated = max(on["sfvd"]) < min(off["sfvd"])
+        one_seed = min(len(on["sfvd"]), len(off["sfvd"])) < 2
+        separated = "n/a (one seed: no spread)" if one_seed else ("yes" if max(on["sfvd"]) < min(off["sfvd"]) else "no")
         dpsnr = sum(on["psnr"]) / len(on["psnr"]) - sum(off["psnr"]) / len(off["psnr"])
         out.append(f"{n} tokens: sFVD {mean['off']:.2f} without the prior, {mean['on']:.2f} with it; lower with "
-                   f"the prior beyond the seeds' spread: {'yes' if separated else 'no'}; PSNR with - without "
+                   f"the prior beyond the seeds' spread: {separated}; PSNR with - without "
                    f"{dpsnr:+.2f} dB ({'within' if abs(dpsnr) <= 0.5 else 'outside'} 0.5 dB)")
     return out
 

@@ -122,7 +122,8 @@ def test_report_table_and_verdicts(pa):
             ((False, 0, 5.0, 24.0), (False, 1, 7.0, 24.2), (True, 0, 3.0, 23.8), (True, 1, 4.0, 23.9))]
     rows += [_row(pa, pa.Cell(16, prior, 0), sfvd=v) for prior, v in ((False, 2.0), (True, 2.5))]
     assert pa.verdicts(rows) == [
-        "16 tokens: sFVD 2.00 without the prior, 2.50 with it; lower with the prior beyond the seeds' spread: no; "
+        "16 tokens: sFVD 2.00 without the prior, 2.50 with it; lower with the prior beyond the seeds' spread: "
+        "n/a (one seed: no spread); "
         "PSNR with - without +0.00 dB (within 0.5 dB)",
         "64 tokens: sFVD 6.00 without the prior, 3.50 with it; lower with the prior beyond the seeds' spread: yes; "
         "PSNR with - without -0.25 dB (within 0.5 dB)"]
