@@ -510,7 +510,10 @@ def pin_code(root: Path, commit: str | None) -> tuple[str, Path]:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         tmp.replace(src)
-    pinned.write_text(sha + "\n")
+    if not pinned.exists():  # atomic: a second launch may read it at any moment
+        tmp_pin = pinned.with_name(f".COMMIT.{os.getpid()}")
+        tmp_pin.write_text(sha + "\n")
+        tmp_pin.replace(pinned)
     return sha, src / "src"
 
 
