@@ -190,7 +190,8 @@ def write_synthetic_dataset(
     """Write mp4 clips under `out_dir/videos/<class>/` and `train.csv`, `val.csv` (relative paths).
 
     Clip i of class k is generated from the seed sequence (seed, k, i); the last
-    round(clips_per_class * val_fraction) clips of every class form the validation split. The CSVs list
+    round(clips_per_class * val_fraction) clips of every class form the validation split. The files are
+    the same bytes on every run (single-threaded encoding). The CSVs list
     clip 0 of every class, then clip 1 of every class, ...: any first rows (a quick validation on the
     first N clips, a smoke run) cover all classes."""
     specs = synthetic_classes(classes)
@@ -205,7 +206,7 @@ def write_synthetic_dataset(
         for spec in specs:
             clip = synthetic_clip(spec.index, np.random.default_rng([seed, spec.index, i]), frames, size)
             rel = Path("videos") / spec.name / f"{spec.name}_{i:04d}.mp4"
-            write_mp4(out / rel, clip, fps=fps)
+            write_mp4(out / rel, clip, fps=fps, threads=1)  # one thread: the same bytes on every run
             split = "val" if i >= clips_per_class - n_val else "train"
             splits[split].append(VideoRow(f"{spec.name}_{i:04d}", rel.as_posix(), spec.name, spec.index))
     return {name: write_csv(out / f"{name}.csv", rows) for name, rows in splits.items()}

@@ -83,10 +83,13 @@ class MP4Writer:
 
     The frames go to a temporary file in the same folder, renamed to `path` by `close()`; leaving the
     `with` block by an exception (or calling `abort()`) removes it, so `path` is complete or untouched.
-    yuv420p needs even sizes: odd-sized frames get their last row/column repeated (1 pixel larger)."""
+    yuv420p needs even sizes: odd-sized frames get their last row/column repeated (1 pixel larger).
+    `threads=None` lets x264 choose; its threaded encoder does not always give the same bytes for the same
+    frames, so writers that must be reproducible (the synthetic dataset) pass `threads=1`."""
 
     def __init__(
-        self, path: PathLike, fps: float = 8, *, crf: int = 18, keyframe_interval: int | None = None
+        self, path: PathLike, fps: float = 8, *, crf: int = 18, keyframe_interval: int | None = None,
+        threads: int | None = None,
     ) -> None:
         rate = Fraction(check_fps(fps)).limit_denominator(1001)
         target = Path(path)
@@ -102,6 +105,10 @@ class MP4Writer:
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.pix_fmt = "yuv420p"
         options = {"crf": str(crf)}
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1 (or None: x264 chooses), got {threads}")
+            options["threads"] = str(threads)
         if keyframe_interval is not None:
             options.update(g=str(keyframe_interval), keyint_min=str(keyframe_interval))
         self._options = options
@@ -158,12 +165,13 @@ class MP4Writer:
             self.abort()
 
 
-def write_mp4(path: PathLike, video: torch.Tensor | np.ndarray, fps: float = 8, *, crf: int = 18) -> Path:
+def write_mp4(path: PathLike, video: torch.Tensor | np.ndarray, fps: float = 8, *, crf: int = 18,
+              threads: int | None = None) -> Path:
     """Write one clip (or a batch side by side) as H.264 yuv420p mp4; see `_as_clips` for accepted inputs.
 
-    Atomic: a failure leaves no file (and an existing `path` untouched)."""
+    Atomic: a failure leaves no file (and an existing `path` untouched). `threads`: see `MP4Writer`."""
     frames = tile_clips(video)
-    with MP4Writer(path, fps, crf=crf) as writer:
+    with MP4Writer(path, fps, crf=crf, threads=threads) as writer:
         for frame in frames:
             writer.write(frame)
     return Path(path)
