@@ -23,6 +23,7 @@ from larp.train import checkpoint as ckpt
 from larp.train.ar_task import ARTask
 from larp.train.config import ARTrainConfig, TokenizerTrainConfig, effective_batch, load_recipe
 from larp.train.engine import TrainingInterrupted
+from larp.train.optim import prefix_groups
 from larp.train.run import train
 from larp.train.tokenizer_task import TokenizerTask
 from tests.train.conftest import tiny_recipe
@@ -42,14 +43,48 @@ def last_state(out_dir: Path) -> dict:
     return ckpt.load_checkpoint(ckpt.list_checkpoints(out_dir / "checkpoints")[-1])
 
 
-def assert_same_update(a: dict, b: dict, step_size: dict[str, float]) -> None:
+def tokenizer_param_names(recipe: TokenizerTrainConfig) -> list[str]:
+    """The tokenizer's parameter names in the order of its optimiser's state (the groups of TokenizerTask)."""
+    model = LARPTokenizer(recipe.model_config())
+    names = {id(p): n for n, p in model.named_parameters()}
+    o = recipe.optim
+    groups = prefix_groups(model, o.lr, {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult, "": 1.0})
+    return [names[id(p)] for g in groups for p in g["params"]]
+
+
+def float_noise(states: list[dict], names: list[str]) -> dict[str, torch.Tensor]:
+    """Elements whose gradient was float noise at one of the given optimiser states (by name).
+
+    Adam's step is about lr * g / |g| whatever the gradient's size, so where g is only rounding error (summed
+    in another order by 2 x 4 micro-batches) the two runs move by different fractions of a step. Noise: below
+    1e-4 of its tensor's largest gradient, or a whole tensor below 1e-6 of the optimiser's largest (the
+    attention key biases, to which softmax is invariant: 1e-9 of it, where the next smallest tensor is 1e-4)."""
+    noise: dict[str, torch.Tensor] = {}
+    for state in states:
+        assert len(state) == len(names), "the optimiser's parameters are not the model's"
+        rms = [state[i]["exp_avg_sq"].sqrt() for i in range(len(names))]
+        top = max(float(r.max()) for r in rms)
+        for name, r in zip(names, rms, strict=True):
+            mask = (r < 1e-4 * r.max()) | (r.max() < 1e-6 * top)
+            noise[name] = noise[name] | mask if name in noise else mask
+    share = sum(int(m.sum()) for m in noise.values()) / sum(m.numel() for m in noise.values())
+    assert share < 0.1, f"{share:.1%} of the gradient counted as float noise: the comparison would say little"
+    return noise
+
+
+def assert_same_update(a: dict, b: dict, step_size: dict[str, float],
+                       noise: dict[str, torch.Tensor] | None = None) -> None:
     """Parameters within 0.5 % of one optimiser step of each other (Adam moves a weight by about its
-    learning rate per step, whatever the gradient's scale), and the Adam moments to float tolerance.
+    learning rate per step, whatever the gradient's scale) except where the gradient is float noise (see
+    `float_noise`), and the Adam moments to float tolerance.
     `step_size`: learning rate by parameter-name prefix, the first match counting ("" = the rest)."""
+    noise = noise or {}
     for part in (p for p in ("model", "ema") if p in a):
         for key in a[part]:
             lr = next(lr for name, lr in step_size.items() if key.removeprefix("module.").startswith(name))
-            torch.testing.assert_close(a[part][key], b[part][key], atol=0.005 * lr, rtol=0, msg=f"{part}.{key}")
+            keep = ~noise[key] if key in noise else torch.ones_like(a[part][key], dtype=torch.bool)
+            torch.testing.assert_close(a[part][key][keep], b[part][key][keep], atol=0.005 * lr, rtol=0,
+                                       msg=f"{part}.{key}")
     for opt in (o for o in ("opt_g", "opt_d", "opt") if o in a):
         # Relative to the largest moment of the optimiser: some gradients are float noise (e.g. of attention
         # key biases, to which softmax is invariant) and agree only to the precision of the larger ones.
@@ -70,12 +105,13 @@ def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
     o = whole.optim
     # Learning rate per parameter prefix ("" = the rest; the discriminator's keys are its own).
     step_size = {"prior_model.": o.lr * o.prior_lr_mult, "x_embedder.": o.lr * o.embed_lr_mult, "": o.lr}
-    for step in (1, 2):
-        a, b = (ckpt.load_checkpoint(p / "checkpoints" / f"step_{step:08d}") for p in (tmp_path / "b8",
-                                                                                         tmp_path / "b2x4"))
+    states = [ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / f"step_{step:08d}") for step in (1, 2)]
+    noise = float_noise([st["task"]["opt_g"]["state"] for st in states], tokenizer_param_names(whole))
+    for step, a in zip((1, 2), states, strict=True):
+        b = ckpt.load_checkpoint(tmp_path / "b2x4" / "checkpoints" / f"step_{step:08d}")
         assert a["step"] == b["step"] == step
         assert (a["batch_in_epoch"], b["batch_in_epoch"]) == (step, 4 * step)  # loader batches of 8 / of 2
-        assert_same_update(a["task"], b["task"], step_size)
+        assert_same_update(a["task"], b["task"], step_size, noise)
         for key in ("ema_real", "ema_fake"):  # LeCam's averages saw the whole batch's means
             torch.testing.assert_close(a["task"]["lecam"][key], b["task"]["lecam"][key], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(a["task"]["disc"], b["task"]["disc"], atol=0.005 * whole.discriminator.lr, rtol=0)
