@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from larp.utils.config import ConfigError
 from larp.utils.errors import LarpError
-from larp.utils.files import atomic_write_bytes
+from larp.utils.files import write_safetensors
 
 TOKENIZER_RECIPE = "tiny_synthetic.yaml"  # files of the package's `configs` folder (configs/ links to them)
 AR_RECIPE = "tiny_synthetic_ar.yaml"
@@ -195,8 +195,6 @@ class Demo:
 
     @torch.no_grad()
     def stage_recon(self) -> dict[str, Any]:
-        from safetensors.torch import save_file
-
         from larp.eval.reconstruction import reconstruction_metrics
         from larp.eval.synthetic import SyntheticReference, attribute_scores
 
@@ -213,10 +211,9 @@ class Demo:
         folder = self.out / "recon"
         folder.mkdir(parents=True, exist_ok=True)
         real_ex, recon_ex = result.examples
-        arrays = {"real_features": torch.from_numpy(reference.features),
-                  "real": torch.from_numpy(_uint8(real_ex)), "recon": torch.from_numpy(_uint8(recon_ex))}
-        # atomic, with the umask's permissions (safetensors creates its files readable by their owner only)
-        atomic_write_bytes(folder / "recon.safetensors", lambda tmp: save_file(arrays, tmp))
+        write_safetensors(folder / "recon.safetensors", {
+            "real_features": torch.from_numpy(reference.features),
+            "real": torch.from_numpy(_uint8(real_ex)), "recon": torch.from_numpy(_uint8(recon_ex))})
         return {"val_psnr": m["psnr"], "val_ssim": m["ssim"], "codebook_usage": m["codebook_usage"],
                 "codebook_perplexity": m["codebook_perplexity"], "val_clips": int(m["clips"]),
                 "recon_class_accuracy": m["class_accuracy"], "recon_strict_accuracy": m["strict_accuracy"],
@@ -257,8 +254,6 @@ class Demo:
 
     @torch.no_grad()
     def stage_samples(self) -> dict[str, Any]:
-        from safetensors.torch import save_file
-
         from larp.data.video_write import write_mp4
         from larp.models.ar import LARPAR
         from larp.sample.generate import generate
@@ -277,8 +272,7 @@ class Demo:
         videos = torch.cat(videos)  # uint8 (N, T, H, W, 3): what the mp4 files and the pictures show
         for i, (v, y) in enumerate(zip(videos, labels.tolist(), strict=True)):
             write_mp4(folder / f"{i:04d}_class{y}.mp4", v.numpy())
-        atomic_write_bytes(folder / "samples.safetensors",
-                           lambda tmp: save_file({"videos": videos.contiguous(), "labels": labels}, tmp))
+        write_safetensors(folder / "samples.safetensors", {"videos": videos.contiguous(), "labels": labels})
         return {"count": len(labels), "folder": str(folder)}
 
     def stage_score(self) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from larp.models.card import model_card
 from larp.utils.errors import CheckpointError
-from larp.utils.files import atomic_write_bytes, offline_mode
+from larp.utils.files import atomic_write_bytes, offline_mode, write_json, write_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -221,10 +220,9 @@ class HubModelMixin:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
-        atomic_write_bytes(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        write_safetensors(out / WEIGHTS_NAME, state, metadata={"format": "pt"})
         config = self.config.to_json_dict()  # type: ignore[attr-defined]
-        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-        atomic_write_bytes(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        write_json(out / CONFIG_NAME, config)
         card = model_card(type(self).__name__, config, num_parameters=_count(v.shape for v in state.values()),
                           recipe=recipe, metrics=metrics, repo_id=repo_id)
         atomic_write_bytes(out / CARD_NAME, lambda tmp: Path(tmp).write_text(card))

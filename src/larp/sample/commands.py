@@ -75,8 +75,6 @@ class-conditional sample of --ar_model --class_id): --fp_model repeatedly predic
 --num_cond_frames frames and its new frames are appended. OUT/generate.json records the settings."""
 
 
-
-
 def register_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate videos of a class, or a long continuation (--frame_prediction)",
                        description=GENERATE_DESCRIPTION, allow_abbrev=False,

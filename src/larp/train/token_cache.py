@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -27,7 +27,7 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import VideoReadError, probe_video, read_clip
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import pad_context
-from larp.utils.files import atomic_write_bytes
+from larp.utils.files import write_safetensors
 
 META = "meta.json"
 
@@ -117,8 +117,7 @@ def build_token_cache(
             return
         name = f"shard_{len(shards):05d}.safetensors"
         tensors = {k: torch.cat(v) for k, v in buffer.items() if v}
-        # atomic, with the umask's permissions (safetensors creates its files readable by their owner only)
-        atomic_write_bytes(out / name, lambda tmp: save_file(tensors, tmp))
+        write_safetensors(out / name, tensors)
         shards.append(name)
         for v in buffer.values():
             v.clear()

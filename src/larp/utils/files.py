@@ -73,6 +73,16 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+                      ) -> Path:
+    """Write `tensors` as a safetensors file, atomically and with the umask's permissions (safetensors alone
+    creates its files readable by their owner only)."""
+    from safetensors.torch import save_file
+
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return Path(path)
+
 # ------------------------------------------------------------------------------------------ .npz
 class NpzArchive:
     """An .npz archive whose arrays are checked before they are read: never unpickled, and refused when
