@@ -25,7 +25,7 @@ from larp.train.config import ARTrainConfig, TokenizerTrainConfig, effective_bat
 from larp.train.engine import TrainingInterrupted
 from larp.train.optim import prefix_groups
 from larp.train.run import train
-from larp.train.tokenizer_task import TokenizerTask
+from larp.train.tokenizer_task import TokenizerTask, lr_multipliers
 from tests.train.conftest import tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +47,7 @@ def tokenizer_param_names(recipe: TokenizerTrainConfig) -> list[str]:
     """The tokenizer's parameter names in the order of its optimiser's state (the groups of TokenizerTask)."""
     model = LARPTokenizer(recipe.model_config())
     names = {id(p): n for n, p in model.named_parameters()}
-    o = recipe.optim
-    groups = prefix_groups(model, o.lr, {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult, "": 1.0})
+    groups = prefix_groups(model, recipe.optim.lr, lr_multipliers(recipe.optim))
     return [names[id(p)] for g in groups for p in g["params"]]
 
 
@@ -104,7 +103,7 @@ def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
     train(accum, TokenizerTask)
     o = whole.optim
     # Learning rate per parameter prefix ("" = the rest; the discriminator's keys are its own).
-    step_size = {"prior_model.": o.lr * o.prior_lr_mult, "x_embedder.": o.lr * o.embed_lr_mult, "": o.lr}
+    step_size = {prefix: o.lr * m for prefix, m in lr_multipliers(o).items()}
     states = [ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / f"step_{step:08d}") for step in (1, 2)]
     noise = float_noise([st["task"]["opt_g"]["state"] for st in states], tokenizer_param_names(whole))
     for step, a in zip((1, 2), states, strict=True):

@@ -89,7 +89,7 @@ def test_two_gloo_processes_keep_identical_weights(tiny_data, tmp_path, task):
         # by their position in the epoch).
         from larp.train.checkpoint import load_checkpoint
         from larp.train.run import train
-        from larp.train.tokenizer_task import TokenizerTask
+        from larp.train.tokenizer_task import TokenizerTask, lr_multipliers
         from tests.train.conftest import tiny_recipe
         from tests.train.test_accumulation import DETERMINISTIC_TOKENIZER, float_noise, tokenizer_param_names
 
@@ -103,7 +103,7 @@ def test_two_gloo_processes_keep_identical_weights(tiny_data, tmp_path, task):
         noise = float_noise([st["opt_g"]["state"] for st in states], tokenizer_param_names(single))
         o = single.optim
         for k, v in ref["model"].items():
-            lr = o.lr * (o.prior_lr_mult if k.startswith("prior_model.") else 1.0)
+            lr = o.lr * next(m for prefix, m in lr_multipliers(o).items() if k.startswith(prefix))
             keep = ~noise[k] if k in noise else torch.ones_like(v, dtype=torch.bool)
             torch.testing.assert_close(a[k][keep], v[keep], atol=0.005 * lr, rtol=0, msg=k)
         for k, v in ref["disc"].items():

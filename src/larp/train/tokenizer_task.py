@@ -24,7 +24,7 @@ from larp.data.video_io import write_gif, write_png_grid
 from larp.eval.reconstruction import reconstruction_metrics
 from larp.models.tokenizer import LARPTokenizer
 from larp.train.codebook import AntiCollapse, quantizer_of
-from larp.train.config import TokenizerTrainConfig
+from larp.train.config import OptimConfig, TokenizerTrainConfig
 from larp.train.data import init_clips, training_videos, validation_videos
 from larp.train.engine import TrainContext
 from larp.train.finetune import freeze, load_init_weights
@@ -48,6 +48,12 @@ log = logging.getLogger("larp.train")
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return rows[0] if len(rows) == 1 else {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def lr_multipliers(optim: OptimConfig) -> dict[str, float]:
+    """Learning-rate multiplier by parameter-name prefix, the first match counting ("" = the rest): the prior
+    and the patch embedding have their own (the order of the optimiser's groups)."""
+    return {"prior_model.": optim.prior_lr_mult, "x_embedder.": optim.embed_lr_mult, "": 1.0}
 
 
 class TokenizerTask:
@@ -110,8 +116,7 @@ class TokenizerTask:
         """Adam for the tokenizer (learning-rate multipliers for the prior and the patch embedding; frozen
         parts left out) and for the discriminator, each with its warm-up and cosine schedule."""
         o, run = self.recipe.optim, self.recipe.run
-        groups = prefix_groups(self.model, o.lr, {"prior_model.": o.prior_lr_mult, "x_embedder.": o.embed_lr_mult,
-                                                  "": 1.0})
+        groups = prefix_groups(self.model, o.lr, lr_multipliers(o))
         fused = self.ctx.device.type == "cuda"  # one kernel per step for all parameters
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         self.sched_g = make_scheduler(self.opt_g, o, run.max_steps)
