@@ -10,7 +10,7 @@
 # Each part runs under its own timeout and the summary is written whatever fails. PyAV and lpips, which a
 # bare GPU machine may lack, are installed from wheels in .whl/ (fetched beforehand on a machine with an
 # index: `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
-# -d .whl av lpips`), with no index, into a private folder.
+# -d .whl av lpips`), with no index, into .gpu_site/ (or $GPU_CHECK_SITE).
 set -u
 cd "$(dirname "$0")/.."
 DRY=0
@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
 export PY=${PYTHON:-python3}
-export SITE=${GPU_CHECK_SITE:-/tmp/larp_gpu_site}
+export SITE=${GPU_CHECK_SITE:-$PWD/.gpu_site}  # the wheels of .whl/, installed once and kept
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
