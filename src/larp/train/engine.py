@@ -291,7 +291,8 @@ class Engine:
                  "learning rate)" if kept else
                  f"no checkpoint had been written yet (run.ckpt_every={self.run.ckpt_every}): start again, "
                  "perhaps with a lower learning rate")
-        return TrainingDiverged(f"loss became {loss} at step {self.step}; stopping: {where}")
+        # Steps count from 1 in logs and checkpoint names: the failing one is the step after `self.step`.
+        return TrainingDiverged(f"loss became {loss} at step {self.step + 1}; stopping: {where}")
 
     def fit(self, batch_size: int, num_workers: int, grad_accum_steps: int = 1) -> dict[str, float]:
         """Train to `run.max_steps` optimiser steps of `grad_accum_steps` micro-batches of `batch_size`
