@@ -137,7 +137,7 @@ def build_token_cache(
             flush()
 
     pending: list[tuple[int, int, bool, torch.Tensor]] = []
-    for vi in tqdm(range(len(dataset)), desc="tokenize", disable=not progress):
+    for vi in tqdm(range(len(dataset)), desc="tokenize", unit="video", disable=not progress):
         row = dataset.rows[vi]
         try:
             n = probe_video(row.path).num_frames
