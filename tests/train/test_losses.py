@@ -27,6 +27,7 @@ from larp.train.losses import (
     g_loss_hinge,
     g_loss_non_saturating,
     generator_adversarial_loss,
+    motion_weights,
     pixel_loss,
     r1_penalty,
     require_vgg_weights,
@@ -59,6 +60,54 @@ def test_pixel_loss_bad_input():
         pixel_loss(torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="'l1' or 'l2', got 'l3'"):
         pixel_loss(torch.zeros(2), torch.zeros(2), "l3")  # type: ignore[arg-type]
+
+
+def test_weighted_pixel_loss_is_the_weighted_mean():
+    recon, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
+    assert pixel_loss(recon, target, weights=torch.tensor([1.0, 3.0])).item() == pytest.approx((1 + 3 * 2) / 4)
+    assert pixel_loss(recon, target, "l2", torch.tensor([1.0, 3.0])).item() == pytest.approx((1 + 3 * 4) / 4)
+    # Uniform weights: the plain mean, whatever their size.
+    assert pixel_loss(recon, target, weights=torch.full((2,), 7.0)).item() == pytest.approx(1.5)
+
+
+def _square_clip(moving: bool) -> torch.Tensor:
+    """(1, 3, 8, 16, 16): a grey clip with a red 3x3 square, moving 2 px per frame or still."""
+    video = torch.full((1, 3, 8, 16, 16), 0.5)
+    for t in range(8):
+        x = 1 + (2 * t if moving else 0)
+        video[0, :, t, 4:7, x:x + 3] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    return video
+
+
+def test_motion_weights_mark_what_moves():
+    video = _square_clip(moving=True)
+    w = motion_weights(video, weight=10.0)
+    assert w.shape == (1, 1, 8, 16, 16)
+    assert torch.all(w[0, 0, 0, 4:7, 1:4] == 11.0)  # the square where it is now: 0.4 from the median grey
+    assert torch.all(w[0, 0, :, 10:, :] == 1.0)  # rows it never crosses
+    assert torch.all(w[0, 0, 0, 4:7, 8:] == 1.0)  # where it is not in this frame and rarely is
+    # A still square is part of the static scene: no weight anywhere.
+    assert torch.all(motion_weights(_square_clip(moving=False), weight=10.0) == 1.0)
+    assert torch.all(motion_weights(video, weight=0.0) == 1.0)
+
+
+def test_motion_weighted_loss_counts_errors_on_the_moving_object_more():
+    video = _square_clip(moving=True)
+    w = motion_weights(video, weight=10.0)
+    on_object, on_background = video.clone(), video.clone()
+    on_object[0, :, 0, 4:7, 1:4] += 0.1  # the same error on nine pixels of the object, or of the background
+    on_background[0, :, 0, 12:15, 1:4] += 0.1
+    plain = pixel_loss(on_object, video), pixel_loss(on_background, video)
+    assert plain[0].item() == pytest.approx(plain[1].item())
+    weighted = pixel_loss(on_object, video, weights=w), pixel_loss(on_background, video, weights=w)
+    assert weighted[0].item() == pytest.approx(11 * weighted[1].item())
+
+
+def test_motion_weights_bad_input():
+    with pytest.raises(ValueError, match=r"expected videos \(B, C, T, H, W\), got shape \(3, 8, 16, 16\)"):
+        motion_weights(torch.zeros(3, 8, 16, 16), weight=1.0)
+    with pytest.raises(ValueError, match="expected weight >= 0 and threshold > 0, got -1.0 and 0.1"):
+        motion_weights(torch.zeros(1, 3, 8, 16, 16), weight=-1.0)
 
 
 # ------------------------------------------------------------------------------------- adversarial losses

@@ -96,6 +96,7 @@ def test_recipe_files_and_values_that_cannot_be_read_are_config_errors(tmp_path)
     ("optim.grad_accum_steps=0", "optim.grad_accum_steps must be >= 1, got 0"),
     ("loss.disc_every=0", "loss.disc_every must be >= 1, got 0"),
     ("loss.gan_weight=-1", "loss.gan_weight must be >= 0, got -1.0"),
+    ("loss.motion_weight=-2", "loss.motion_weight must be >= 0, got -2.0"),
     ("discriminator.heads=3", "discriminator.width must be a multiple of heads=3, got 512"),
     ("discriminator.lr=0", "discriminator.lr must be > 0, got 0.0"),
     ("codebook.warn_below_usage=2", r"codebook.warn_below_usage must be in \[0, 1\], got 2.0"),
@@ -260,3 +261,27 @@ def test_cuda_only_settings_are_user_errors_on_the_cpu(tiny_data, tmp_path):
                               ("run.device=cuda", "run.device='cuda' but CUDA is not available")]:
         with pytest.raises(LarpError, match=message):
             setup_context(tiny_recipe(tiny_data, tmp_path, override).run)
+
+
+def test_motion_weight_reaches_the_pixel_terms(tiny_data, tmp_path, monkeypatch):
+    import larp.train.tokenizer_task as task_module
+
+    calls, pixel_calls = [], []
+    real_weights, real_pixel = task_module.motion_weights, task_module.pixel_loss
+
+    def spy_weights(video, weight, *args):
+        calls.append((tuple(video.shape), weight))
+        return real_weights(video, weight, *args)
+
+    def spy_pixel(recon, target, kind="l1", weights=None):
+        pixel_calls.append((kind, weights is not None))
+        return real_pixel(recon, target, kind, weights)
+
+    monkeypatch.setattr(task_module, "motion_weights", spy_weights)
+    monkeypatch.setattr(task_module, "pixel_loss", spy_pixel)
+    train(tiny_recipe(tiny_data, tmp_path / "plain", "run.max_steps=1", "loss.gan_weight=0"), TokenizerTask)
+    assert calls == [] and pixel_calls == [("l1", False)]
+    pixel_calls.clear()
+    train(tiny_recipe(tiny_data, tmp_path / "weighted", "run.max_steps=1", "loss.gan_weight=0",
+                      "loss.motion_weight=10", "loss.l2_weight=1"), TokenizerTask)
+    assert calls == [((2, 3, 8, 32, 32), 10.0)] and pixel_calls == [("l1", True), ("l2", True)]

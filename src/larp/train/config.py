@@ -120,6 +120,9 @@ class LossConfig:
     pixel_weight: float = 1.0
     l2_weight: float = 0.0  # an extra L2 term, optionally only for the first `l2_steps` steps
     l2_steps: int = 0  # 0 = for the whole run
+    # Pixels that move (against their median over the clip) weigh 1 + motion_weight in the L1 and L2 terms
+    # (larp.train.losses.motion_weights); 0 = a plain mean, as released.
+    motion_weight: float = 0.0
     perceptual_weight: float = 1.0
     gan_weight: float = 0.3
     gan_loss: Literal["bce", "hinge"] = "bce"  # bce: non-saturating with one-sided label smoothing
@@ -145,7 +148,7 @@ class LossConfig:
         return self.gan_start_step if self.disc_start_step is None else self.disc_start_step
 
     def validate(self, prefix: str = "loss") -> None:
-        for name in ("pixel_weight", "l2_weight", "perceptual_weight", "gan_weight", "lecam_weight", "r1_weight",
+        for name in ("pixel_weight", "l2_weight", "motion_weight", "perceptual_weight", "gan_weight", "lecam_weight", "r1_weight",
                      "vq_weight", "prior_weight"):
             _need(getattr(self, name) >= 0, f"{prefix}.{name}", ">= 0", getattr(self, name))
         _positive_ints(self, prefix, "l2_steps gan_start_step prior_warmup_steps", low=0)

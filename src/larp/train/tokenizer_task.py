@@ -35,6 +35,7 @@ from larp.train.losses import (
     VideoDiscriminator,
     discriminator_loss,
     generator_adversarial_loss,
+    motion_weights,
     pixel_loss,
     r1_penalty,
     require_vgg_weights,
@@ -144,10 +145,11 @@ class TokenizerTask:
         loss_cfg = self.recipe.loss
         out = self.train_model(video, step, self.recipe.run.max_steps)
         recon = out.recon.float()
-        terms = {"pixel": pixel_loss(recon, video, loss_cfg.pixel)}
+        weights = motion_weights(video, loss_cfg.motion_weight) if loss_cfg.motion_weight > 0 else None
+        terms = {"pixel": pixel_loss(recon, video, loss_cfg.pixel, weights)}
         total = loss_cfg.pixel_weight * terms["pixel"]
         if loss_cfg.l2_weight > 0 and (loss_cfg.l2_steps == 0 or step < loss_cfg.l2_steps):
-            terms["l2"] = pixel_loss(recon, video, "l2")
+            terms["l2"] = pixel_loss(recon, video, "l2", weights)
             total = total + loss_cfg.l2_weight * terms["l2"]
         if self.perceptual is not None:
             terms["lpips"] = self.perceptual(recon, video)
