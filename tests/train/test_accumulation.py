@@ -51,6 +51,11 @@ def tokenizer_param_names(recipe: TokenizerTrainConfig) -> list[str]:
     return [names[id(p)] for g in groups for p in g["params"]]
 
 
+def tokenizer_step_sizes(recipe: TokenizerTrainConfig) -> dict[str, float]:
+    """Learning rate by parameter-name prefix, as `assert_same_update` takes it ("" = the rest)."""
+    return {prefix: recipe.optim.lr * m for prefix, m in lr_multipliers(recipe.optim).items()}
+
+
 def float_noise(states: list[dict], names: list[str]) -> dict[str, torch.Tensor]:
     """Elements whose gradient was float noise at one of the given optimiser states (by name).
 
@@ -101,9 +106,7 @@ def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
                         *DETERMINISTIC_TOKENIZER)
     train(whole, TokenizerTask)
     train(accum, TokenizerTask)
-    o = whole.optim
-    # Learning rate per parameter prefix ("" = the rest; the discriminator's keys are its own).
-    step_size = {prefix: o.lr * m for prefix, m in lr_multipliers(o).items()}
+    step_size = tokenizer_step_sizes(whole)  # the discriminator's keys are its own
     states = [ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / f"step_{step:08d}") for step in (1, 2)]
     noise = float_noise([st["task"]["opt_g"]["state"] for st in states], tokenizer_param_names(whole))
     for step, a in zip((1, 2), states, strict=True):
@@ -117,7 +120,7 @@ def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
     # The weights did move by far more than the tolerance: the comparison is not between untouched models.
     start = ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / "step_00000001")["task"]["model"]
     moved = (start["final_layer.linear.weight"] - a["task"]["model"]["final_layer.linear.weight"]).abs().max()
-    assert moved > 0.5 * o.lr
+    assert moved > 0.5 * whole.optim.lr
 
 
 @pytest.fixture(scope="module")

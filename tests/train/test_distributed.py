@@ -89,9 +89,15 @@ def test_two_gloo_processes_keep_identical_weights(tiny_data, tmp_path, task):
         # by their position in the epoch).
         from larp.train.checkpoint import load_checkpoint
         from larp.train.run import train
-        from larp.train.tokenizer_task import TokenizerTask, lr_multipliers
+        from larp.train.tokenizer_task import TokenizerTask
         from tests.train.conftest import tiny_recipe
-        from tests.train.test_accumulation import DETERMINISTIC_TOKENIZER, float_noise, tokenizer_param_names
+        from tests.train.test_accumulation import (
+            DETERMINISTIC_TOKENIZER,
+            assert_same_update,
+            float_noise,
+            tokenizer_param_names,
+            tokenizer_step_sizes,
+        )
 
         # The processes exchange gradients once per optimiser step, during the last micro-batch's backward.
         assert (tmp_path / "events0.txt").read_text().split() == ["forward", "forward", "allreduce"] * 2
@@ -101,11 +107,8 @@ def test_two_gloo_processes_keep_identical_weights(tiny_data, tmp_path, task):
                   for step in (1, 2)]
         ref = states[-1]
         noise = float_noise([st["opt_g"]["state"] for st in states], tokenizer_param_names(single))
-        o = single.optim
-        for k, v in ref["model"].items():
-            lr = o.lr * next(m for prefix, m in lr_multipliers(o).items() if k.startswith(prefix))
-            keep = ~noise[k] if k in noise else torch.ones_like(v, dtype=torch.bool)
-            torch.testing.assert_close(a[k][keep], v[keep], atol=0.005 * lr, rtol=0, msg=k)
+        assert_same_update({"model": {k: a[k] for k in ref["model"]}}, {"model": ref["model"]},
+                           tokenizer_step_sizes(single), noise)
         for k, v in ref["disc"].items():
             torch.testing.assert_close(a["disc." + k], v, atol=0.005 * single.discriminator.lr, rtol=0, msg=k)
         return

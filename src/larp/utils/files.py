@@ -73,7 +73,6 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
-
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None
                       ) -> Path:
     """Write `tensors` as a safetensors file, atomically and with the umask's permissions (safetensors alone
@@ -82,6 +81,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata
 
     atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return Path(path)
+
 
 # ------------------------------------------------------------------------------------------ .npz
 class NpzArchive:
