@@ -284,4 +284,12 @@ def test_motion_weight_reaches_the_pixel_terms(tiny_data, tmp_path, monkeypatch)
     pixel_calls.clear()
     train(tiny_recipe(tiny_data, tmp_path / "weighted", "run.max_steps=1", "loss.gan_weight=0",
                       "loss.motion_weight=10", "loss.l2_weight=1"), TokenizerTask)
-    assert calls == [((2, 3, 8, 32, 32), 10.0)] and pixel_calls == [("l1", True), ("l2", True)]
+    # The weighted terms are no longer the batch's error: its plain MSE is logged beside them.
+    assert calls == [((2, 3, 8, 32, 32), 10.0)] and pixel_calls == [("l1", True), ("l2", True), ("l2", False)]
+    def train_rows(name: str) -> list[dict]:
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in rows if "train/loss" in r]
+
+    assert all("train/mse" not in r for r in train_rows("plain"))
+    weighted = train_rows("weighted")
+    assert weighted and all(0 < r["train/mse"] != r["train/l2"] for r in weighted)

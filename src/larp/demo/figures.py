@@ -53,10 +53,12 @@ METRICS: list[tuple[str, tuple[str, str], str]] = [
 def _curves(out: Path, pics: Path, codebook_size: int) -> list[Path]:
     tok = read_jsonl(out / "tokenizer" / "metrics.jsonl")
     ar = read_jsonl(out / "ar" / "metrics.jsonl")
-    mse_db = (lambda v: -10 * math.log10(max(v, 1e-10)))  # noqa: E731  the L2 loss is the batch MSE
+    mse_db = (lambda v: -10 * math.log10(max(v, 1e-10)))  # noqa: E731
+    # The batch MSE: `train/mse` when the pixel losses are weighted, otherwise the L2 loss itself.
+    mse_key = "train/mse" if any("train/mse" in row for row in tok) else "train/l2"
     tok_panels = [
         ("tokenizer: reconstruction", "PSNR (dB)", [
-            ("training batches (from the L2 loss)", *series(tok, "train/l2", mse_db)),
+            ("training batches (their MSE)", *series(tok, mse_key, mse_db)),
             ("validation clips", *series(tok, "val/psnr"))]),
         ("tokenizer: prior (next-token cross-entropy)", "nats", [
             ("training", *series(tok, "train/prior_ce")),

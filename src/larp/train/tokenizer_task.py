@@ -164,6 +164,8 @@ class TokenizerTask:
         if out.prior is not None:
             terms["prior_ce"] = out.prior.loss
             total = total + loss_cfg.prior_weight_at(step) * out.prior.loss
+        if weights is not None:  # the weighted L1/L2 are not the batch's error: report its plain MSE too
+            terms["mse"] = pixel_loss(recon.detach(), video, "l2")
         return out, total, terms
 
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]], step: int) -> dict[str, float]:
