@@ -223,6 +223,11 @@ def test_folder_dataset_labels_are_sorted_folder_indices(videos, tmp_path):
     assert [(Path(r.path).name, r.label) for r in ds.rows] == [("b.avi", 0), ("c.mp4", 0), ("a.mp4", 1)]
     item = ds[2]
     assert item["label"] == 1 and item["video"].shape == (3, 3, 8, 8)
+    # The decoded-video cache of the CSV dataset works here too: the same clip, decoded once.
+    cached = VideoFolderDataset(root, num_frames=3, size=8, cache_mb=1)
+    first = cached[2]["video"]
+    assert list(cached._cache) == [ds.rows[2].path]
+    assert torch.equal(first, item["video"]) and torch.equal(cached[2]["video"], item["video"])
 
 
 def test_folder_dataset_errors(tmp_path):

@@ -253,7 +253,10 @@ class VideoFolderDataset(VideoClipDataset):
         stride: int = 1,
         max_bad_fraction: float = 0.05,
         random_crop: bool = False,
+        *,
+        cache_mb: float = 0.0,
     ) -> None:
         self.root = Path(root)
         self.classes, rows = scan_video_folder(root)
-        super().__init__(rows, num_frames, size, train, seed, stride, max_bad_fraction, random_crop)
+        super().__init__(rows, num_frames, size, train, seed, stride, max_bad_fraction, random_crop,
+                         cache_mb=cache_mb)
