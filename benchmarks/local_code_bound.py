@@ -5,12 +5,15 @@ training time, stays close to one. This script measures the ceiling of that regi
 replaced by its projection on the top-k principal components of the training clips' patches (fitted on
 `--train` fresh synthetic clips, scored on `--val` others), for several patch geometries and k, with the
 demo's object metrics (`larp.eval.synthetic.object_fidelity`, `larp.data.synthetic.analyse_clip`). The
-continuous coefficients are kept exactly, so a quantised code of the same size can only do worse.
+continuous coefficients are kept exactly, so a quantised code of the same size can only do worse. The
+coherent fraction (`ClipAnalysis.coherent`) says whether the reconstructed object moves smoothly: a code that
+keeps few coefficients per patch tends to hold the object still within a temporal patch and jump between them.
 
     python benchmarks/local_code_bound.py [--train 400] [--val 80] [--out benchmarks/results/local_code_bound.json]
 
 Prints one JSON object (and writes it to --out): a row per (patch geometry, k) with the numbers of patches
-and of coefficients per clip, PSNR, object IoU, object and background PSNR and the shape accuracy."""
+and of coefficients per clip, PSNR, object IoU, object and background PSNR, the shape accuracy and the
+fraction of coherent reconstructions."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from einops import rearrange
 from larp.data.synthetic import analyse_clip, synthetic_class, synthetic_clip
 from larp.eval.synthetic import object_fidelity
 
-GEOMETRIES = ((16, 4), (8, 16), (8, 8), (16, 16))  # (spatial, temporal) patch sizes on 64x64x16 clips
+GEOMETRIES = ((16, 4), (16, 2), (8, 16), (8, 8), (8, 4), (16, 16))  # (spatial, temporal) patch sizes on 64x64x16 clips
 COMPONENTS = (8, 16, 32, 64, 128)
 
 
@@ -78,7 +81,7 @@ def main() -> None:
             scores = []
             for i in range(n):
                 b = analyse_clip(recon[i])
-                scores.append((*object_fidelity(real[i], recon[i], analyses[i], b), b.shape == shapes[i]))
+                scores.append((*object_fidelity(real[i], recon[i], analyses[i], b), b.shape == shapes[i], b.coherent()))
             s = np.array(scores, dtype=np.float64)
             mse = float(((recon - real) ** 2).mean())
             rows.append({"patch": f"{p}x{p}x{t}", "patches_per_clip": patches, "components": k,
@@ -86,7 +89,8 @@ def main() -> None:
                          "object_iou": round(float(s[:, 0].mean()), 3),
                          "object_psnr": round(float(np.nanmean(s[:, 1])), 2),
                          "background_psnr": round(float(np.nanmean(s[:, 2])), 2),
-                         "shape_accuracy": round(float(s[:, 3].mean()), 3)})
+                         "shape_accuracy": round(float(s[:, 3].mean()), 3),
+                         "coherent_fraction": round(float(s[:, 4].mean()), 3)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "local_code_bound", "train_clips": args.train, "val_clips": args.val,
