@@ -23,6 +23,10 @@ have to discover, inside the released architecture (no module or key changes; on
    components of the encoder's content outputs, `out_linear` writes the code into a content subspace of the
    decoder, and the output layer is the least-squares read-out of the decoder's features.
 
+With more latents than patches (a whole number S per patch that divides the heads), latent i holds slice
+i // Np of the principal components of patch i % Np, and the slices travel through separate attention heads
+(`_sliced_init`): the tokens then run coarse to fine, all patches' first slices before any second one.
+
 The model then starts near a per-patch PCA autoencoder, far above the mean video (docs/small_scale_recipes.md
 has the measured figures), and LARP training proceeds from there. The patch embedding then needs a small
 learning rate (`optim.embed_lr_mult`): its fan-in is a whole patch, so Adam's per-weight steps move its
@@ -105,17 +109,21 @@ def _set_routing(block: nn.Module, read_query: torch.Tensor, read_key: torch.Ten
                  generator: torch.Generator | None) -> None:
     """q/k weights of `block` so that logit(a -> b) = gain * <read_query^T x_a, read_key^T x_b> in every head.
 
-    read_query, read_key: (D, K) maps from normalised tokens to codes. Each head sees the codes through its own
-    (head_dim, K) matrix with orthonormal columns, which keeps the inner product exact."""
+    read_query, read_key: (D, K) maps from normalised tokens to codes, the same in every head, or (H, D, K) with
+    one map per head. Each head sees the codes through its own (head_dim, K) matrix with orthonormal columns,
+    which keeps the inner product exact."""
     attn = block.attn
-    d, k = read_query.shape
-    heads, head_dim = attn.num_heads, d // attn.num_heads
+    heads = attn.num_heads
+    if read_query.dim() == 2:
+        read_query, read_key = read_query.expand(heads, -1, -1), read_key.expand(heads, -1, -1)
+    d, k = read_query.shape[1:]
+    head_dim = d // heads
     if k > head_dim:
         raise ValueError(f"local_linear_init: {k} position-code dimensions exceed the head width {head_dim}")
     rot = torch.linalg.qr(torch.randn(heads, head_dim, k, generator=generator))[0]
     s = head_dim ** 0.25  # the attention divides logits by sqrt(head_dim)
-    attn.qkv.weight[:d].copy_(torch.cat([rot[h] @ read_query.T for h in range(heads)]) * gain * s)
-    attn.qkv.weight[d:2 * d].copy_(torch.cat([rot[h] @ read_key.T for h in range(heads)]) * s)
+    attn.qkv.weight[:d].copy_(torch.cat([rot[h] @ read_query[h].T for h in range(heads)]) * gain * s)
+    attn.qkv.weight[d:2 * d].copy_(torch.cat([rot[h] @ read_key[h].T for h in range(heads)]) * s)
 
 
 def _set_value_path(block: nn.Module, content: torch.Tensor, gain: float) -> None:
@@ -124,6 +132,24 @@ def _set_value_path(block: nn.Module, content: torch.Tensor, gain: float) -> Non
     block.attn.qkv.weight[2 * d:].copy_(content @ content.T)
     block.attn.proj.weight.copy_(torch.eye(d) * gain)
     block.attn.proj.bias.zero_()
+
+
+def _set_head_values(block: nn.Module, reads: list[torch.Tensor], writes: list[torch.Tensor], gain: float) -> None:
+    """Head h's value reads the subspace reads[h] (D, r) and its output is written to writes[h] (D, r), times
+    `gain`; the other value and output dimensions are zero."""
+    attn = block.attn
+    d = attn.proj.weight.shape[0]
+    head_dim = d // attn.num_heads
+    value, proj = torch.zeros(d, d), torch.zeros(d, d)
+    for h, (read, write) in enumerate(zip(reads, writes, strict=True)):
+        r = read.shape[1]
+        if r > head_dim:
+            raise ValueError(f"local_linear_init: {r} value dimensions exceed the head width {head_dim}")
+        value[h * head_dim:h * head_dim + r] = read.T
+        proj[:, h * head_dim:h * head_dim + r] = write * gain
+    attn.qkv.weight[2 * d:].copy_(value)
+    attn.proj.weight.copy_(proj)
+    attn.proj.bias.zero_()
 
 
 def _patch_pixels(videos: torch.Tensor, temporal_patch: int, patch: int, channels_last: bool) -> torch.Tensor:
@@ -135,14 +161,18 @@ def _patch_pixels(videos: torch.Tensor, temporal_patch: int, patch: int, channel
     return x.permute(*order).reshape(b, -1, c * temporal_patch * patch * patch)
 
 
-def routing_mass(block: nn.Module, tokens: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean attention weight that rows `rows` of `block`'s first attention put on keys `targets` (same length)."""
+def routing_mass(block: nn.Module, tokens: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
+                 heads: torch.Tensor | None = None) -> float:
+    """Mean attention weight that rows `rows` of `block`'s first attention put on keys `targets` (same length),
+    over all heads or, when given, in heads `heads` (same length)."""
     attn = block.attn
     d = tokens.shape[-1]
     qkv = attn.qkv(block.norm1(tokens)).unflatten(-1, (3, attn.num_heads, d // attn.num_heads))
     q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, heads, L, dh)
     weights = (q @ k.transpose(-1, -2) / math.sqrt(d // attn.num_heads)).softmax(-1)
-    return float(weights[:, :, rows, targets].mean())
+    if heads is None:
+        return float(weights[:, :, rows, targets].mean())
+    return float(weights[:, heads, rows, targets].mean())
 
 
 @torch.no_grad()
@@ -151,6 +181,9 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
                       generator: torch.Generator | None = None) -> dict[str, float]:
     """Initialise `model` from `videos` (B, C, T, H, W) in [0, 1] as described in the module docstring.
 
+    `content_dims` principal components enter the encoder when a latent owns one patch or more; with several
+    latents per patch the latents' S slices of d - 1 components do (d: the bottleneck's width).
+
     Returns the routing achieved on these clips: `routing_encoder` (attention mass of latent queries on the
     patches they own) and `routing_decoder` (of patch queries on their latent), each 1.0 when perfect."""
     model.check_video(videos)
@@ -158,7 +191,7 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     n, d_enc, d_dec = c.bottleneck_token_num, c.encoder_hidden_size, c.decoder_hidden_size
     n_p = math.prod(c.encoder_grid)
     if n > n_p:
-        raise ValueError(f"local_linear_init: needs at most one latent per patch, got {n} latents for {n_p} patches")
+        return _sliced_init(model, videos, routing_gain, content_fraction, value_gain, generator)
     if len(videos) * n_p < 2 * content_dims:
         raise ValueError(f"local_linear_init: {len(videos)} clips give too few patches for {content_dims} "
                          "principal components; pass more clips")
@@ -168,11 +201,7 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     k = patch_code.shape[1]
     owner = torch.arange(n_p, device=device) * n // n_p
 
-    for blocks in (model.encoder.blocks, model.decoder.blocks):
-        for i, block in enumerate(blocks):
-            nn.init.zeros_(block.mlp.fc2.weight)
-            if i > 0:
-                nn.init.zeros_(block.attn.proj.weight)
+    _zero_later_branches(model)
 
     # ---- encoder: position span, query codes, content
     pe = model.encoder_patch_pe[0].float().cpu()
@@ -222,6 +251,134 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     patch_tokens = patch_queries.to(device)[None].expand(len(videos), -1, -1)
     mass_dec = routing_mass(block, torch.cat([latents, patch_tokens], 1), n + torch.arange(n_p, device=device),
                             owner)
+
+    # ---- output layer: least-squares read-out of the decoder's features
+    features = model.final_layer.norm_final(model.decoder(latents, patch_tokens)).flatten(0, 1).float().cpu()
+    target = _patch_pixels(videos, c.decoder_temporal_patch_size, c.decoder_patch_size,
+                           channels_last=True).flatten(0, 1).float().cpu()
+    solution = _least_squares(torch.cat([features, torch.ones(len(features), 1)], 1), target, ridge=1e-3)
+    model.final_layer.linear.weight.copy_(solution[:-1].T)
+    model.final_layer.linear.bias.copy_(solution[-1])
+    return {"routing_encoder": mass_enc, "routing_decoder": mass_dec}
+
+
+def _zero_later_branches(model: LARPTokenizer) -> None:
+    """Every MLP, and every attention after the first, starts at zero: each transformer is one attention."""
+    for blocks in (model.encoder.blocks, model.decoder.blocks):
+        for i, block in enumerate(blocks):
+            nn.init.zeros_(block.mlp.fc2.weight)
+            if i > 0:
+                nn.init.zeros_(block.attn.proj.weight)
+
+
+@torch.no_grad()
+def _sliced_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: float, content_fraction: float,
+                 value_gain: float, generator: torch.Generator | None) -> dict[str, float]:
+    """Several latents per patch: S = N / Np latents share each patch, latent i holding slice i // Np of the
+    principal components of patch i % Np (slice 0 the largest), so the tokens run coarse to fine.
+
+    The slices travel through separate attention heads: in the encoder, head h routes the latents of slice
+    h mod S to their patch and reads that slice's components into one shared subspace, which the bottleneck
+    reads (the other latents attend to the latent queries there, whose values are zero); in the decoder,
+    head h routes each patch query to its slice-(h mod S) latent and writes the code into a subspace of its
+    own, so the patch query receives all S slices side by side. Each slice carries d - 1 components plus a
+    constant coordinate: the bottleneck normalises its d-vector, and the constant keeps the components'
+    magnitude readable from the direction."""
+    c = model.config
+    n, d_enc, d_dec, m = c.bottleneck_token_num, c.encoder_hidden_size, c.decoder_hidden_size, c.bottleneck_dim
+    n_p = math.prod(c.encoder_grid)
+    slices = n // n_p
+    for name, heads in (("encoder", c.encoder_num_heads), ("decoder", c.decoder_num_heads)):
+        if n % n_p or heads % slices:
+            raise ValueError(f"local_linear_init: {n} latents for {n_p} patches need a whole number of latents "
+                             f"per patch that divides the {name}'s {heads} heads")
+    if c.encoder_grid != c.decoder_grid:
+        raise ValueError("local_linear_init: several latents per patch need the same encoder and decoder patches")
+    videos = videos.to(model.x_embedder.proj.weight)
+    device = videos.device
+    patch_code = _position_codes(c.encoder_grid, n_p)[0]  # (Np, K) one-hot t, h, w
+    k = patch_code.shape[1]
+    slice_of, patch_of = torch.arange(n) // n_p, torch.arange(n) % n_p
+    per_slice = m - 1
+    _zero_later_branches(model)
+
+    # ---- encoder: query codes hold the patch code in the block of their slice
+    pe = model.encoder_patch_pe[0].float().cpu()
+    ones = torch.ones(1, d_enc) / math.sqrt(d_enc)
+    code = torch.zeros(n, slices, k)
+    code[torch.arange(n), slice_of] = patch_code[patch_of]
+    code = code.flatten(1)  # (N, S*K)
+    query_basis = _complement_basis(_span(torch.cat([pe, ones])), slices * k, generator)
+    queries = code @ query_basis.T * math.sqrt(d_enc / k)
+    content = _complement_basis(_span(torch.cat([pe, ones, queries])), slices * per_slice, generator)
+    pixels = _patch_pixels(videos, c.temporal_patch_size, c.patch_size, channels_last=False).flatten(0, 1)
+    mean, components, std = _pca(pixels.cpu().float(), slices * per_slice, generator)
+    scale = content_fraction * float(pe.norm(dim=-1).mean()) / float(std.norm())
+    weight = scale * content @ components
+    model.x_embedder.proj.weight.copy_(weight.reshape(model.x_embedder.proj.weight.shape))
+    model.x_embedder.proj.bias.copy_(-(weight @ mean))
+    model.encoder_latent_query_embed.copy_(queries)
+
+    enc_block, enc_heads = model.encoder.blocks[0], c.encoder_num_heads
+    head_slice = [h % slices for h in range(enc_heads)]
+    read_q, read_k = [], []
+    key_code = torch.cat([torch.cat([patch_code, torch.zeros(n_p, 1)], 1),  # patches: their position
+                          torch.cat([torch.zeros(n, k), torch.ones(n, 1)], 1)])  # latent queries: a sink
+    keys = _layer_norm(torch.cat([pe, queries]))
+    for s in head_slice:
+        mine = slice_of == s
+        target = torch.cat([code.view(n, slices, k)[:, s], (~mine).float()[:, None]], 1)
+        read_q.append(_least_squares(_layer_norm(queries), target))
+        read_k.append(_least_squares(keys, key_code))
+    _set_routing(enc_block, torch.stack(read_q), torch.stack(read_k), routing_gain, generator)
+    # slice s's components, each slice brought to the first slice's scale, land in one shared subspace
+    slice_std = std.view(slices, per_slice).norm(dim=1)
+    shared = content[:, :per_slice]
+    share = enc_heads // slices
+    _set_head_values(enc_block, [content[:, s * per_slice:(s + 1) * per_slice] * float(slice_std[0] / slice_std[s])
+                                 for s in head_slice], [shared] * enc_heads, value_gain / share)
+    tokens = torch.cat([model.embed(videos), model.encoder_latent_query_embed.expand(len(videos), -1, -1)], 1)
+    rows = torch.arange(n).repeat_interleave(share)
+    heads = torch.cat([torch.tensor([h for h in range(enc_heads) if head_slice[h] == slice_of[i]]) for i in range(n)])
+    mass_enc = routing_mass(enc_block, tokens, (n_p + rows).to(device), patch_of[rows].to(device),
+                            heads.to(device))
+
+    # ---- bottleneck: the shared subspace, scaled to unit RMS, plus a constant last coordinate
+    encoded = model.encode_continuous(videos)
+    hidden = encoded.float().cpu() @ shared  # (B, N, d - 1)
+    centre = hidden.flatten(0, 1).mean(0)
+    rms = float((hidden - centre).pow(2).sum(-1).mean().sqrt())
+    model.bottleneck.in_linear.weight.copy_(torch.cat([shared.T / rms, torch.zeros(1, d_enc)]))
+    model.bottleneck.in_linear.bias.copy_(torch.cat([-centre / rms, torch.ones(1)]))
+
+    # ---- decoder: head h routes patch queries to their slice-(h mod S) latent and writes into its own slot
+    latent_pe = model.decoder_latent_pe[0].float().cpu()
+    patch_queries = (model.decoder_patch_query_embed + model.decoder_patch_query_token_type_embed)[0].float().cpu()
+    dec_ones = torch.ones(1, d_dec) / math.sqrt(d_dec)
+    code_in = _complement_basis(_span(torch.cat([latent_pe, patch_queries, dec_ones])), m, generator)
+    slots = _complement_basis(_span(torch.cat([patch_queries, dec_ones, code_in.T])), slices * m, generator)
+    model.bottleneck.out_linear.weight.copy_(code_in * float(latent_pe.norm(dim=-1).mean()))
+    model.bottleneck.out_linear.bias.zero_()
+    dec_block, dec_heads = model.decoder.blocks[0], c.decoder_num_heads
+    dec_slice = [h % slices for h in range(dec_heads)]
+    read_query = _least_squares(_layer_norm(patch_queries), patch_code)
+    keys = _layer_norm(torch.cat([latent_pe, patch_queries]))
+    read_k = []
+    for s in dec_slice:
+        target = patch_code[patch_of] * (slice_of == s).float()[:, None]
+        read_k.append(_least_squares(keys, torch.cat([target, torch.zeros(n_p, k)])))
+    _set_routing(dec_block, read_query.expand(dec_heads, -1, -1), torch.stack(read_k), routing_gain, generator)
+    share = dec_heads // slices
+    _set_head_values(dec_block, [code_in] * dec_heads, [slots[:, s * m:(s + 1) * m] for s in dec_slice],
+                     value_gain / share)
+    unit = model.bottleneck.project(encoded)
+    latents = model.bottleneck.out_linear(unit) + model.decoder_latent_pe
+    patch_tokens = patch_queries.to(device)[None].expand(len(videos), -1, -1)
+    rows = torch.arange(n_p).repeat(dec_heads)
+    heads = torch.arange(dec_heads).repeat_interleave(n_p)
+    targets = torch.tensor(dec_slice).repeat_interleave(n_p) * n_p + rows
+    mass_dec = routing_mass(dec_block, torch.cat([latents, patch_tokens], 1), (n + rows).to(device),
+                            targets.to(device), heads.to(device))
 
     # ---- output layer: least-squares read-out of the decoder's features
     features = model.final_layer.norm_final(model.decoder(latents, patch_tokens)).flatten(0, 1).float().cpu()
