@@ -82,6 +82,21 @@ def test_several_latents_per_patch_hold_slices_of_it_coarse_to_fine(clips):
     assert losses[0] > losses[1] > losses[2] > losses[3]  # ... and the first ones the most
 
 
+def test_anti_collapse_starts_sliced_tokens_and_their_codebook(clips):
+    # The training path: the sliced initialisation, then the codebook from the encoder's outputs (k-means).
+    train, val = clips
+    m = model(*WHOLE_CLIP_16)
+    options = CodebookOptions(local_linear_init=True, init_from_encoder=True, init_kmeans_iters=5)
+    ac = AntiCollapse(m, options, generator=torch.Generator().manual_seed(0))
+    ac.setup(train)
+    assert ac.init_report["routing_encoder"] > 0.95 and ac.init_report["routing_decoder"] > 0.95
+    with torch.no_grad():
+        codes = m.encode(val, deterministic=True)
+        recon = m.decode(codes)
+    assert len(codes.unique()) > 64  # the slices do not share a handful of codes (measured: 407 of 512 tokens)
+    assert psnr(recon, val) > psnr(train.mean(0, keepdim=True).expand_as(val), val) + 2.0  # measured: +3.0 dB
+
+
 @pytest.mark.parametrize(("tokens", "found"), [(40, "40 latents for 16 patches"), (48, "48 latents for 16 patches")])
 def test_several_latents_per_patch_need_a_whole_number_that_divides_the_heads(tokens, found):
     # 40 is not a multiple of the 16 patches; 48 is (3 per patch) but 3 slices do not divide 4 heads.
