@@ -252,14 +252,20 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     mass_dec = routing_mass(block, torch.cat([latents, patch_tokens], 1), n + torch.arange(n_p, device=device),
                             owner)
 
-    # ---- output layer: least-squares read-out of the decoder's features
+    _fit_read_out(model, videos, latents, patch_tokens)
+    return {"routing_encoder": mass_enc, "routing_decoder": mass_dec}
+
+
+def _fit_read_out(model: LARPTokenizer, videos: torch.Tensor, latents: torch.Tensor, patch_tokens: torch.Tensor
+                  ) -> None:
+    """The output layer: the least-squares read-out of the decoder's features, fitted to the clips' pixels."""
+    c = model.config
     features = model.final_layer.norm_final(model.decoder(latents, patch_tokens)).flatten(0, 1).float().cpu()
     target = _patch_pixels(videos, c.decoder_temporal_patch_size, c.decoder_patch_size,
                            channels_last=True).flatten(0, 1).float().cpu()
     solution = _least_squares(torch.cat([features, torch.ones(len(features), 1)], 1), target, ridge=1e-3)
     model.final_layer.linear.weight.copy_(solution[:-1].T)
     model.final_layer.linear.bias.copy_(solution[-1])
-    return {"routing_encoder": mass_enc, "routing_decoder": mass_dec}
 
 
 def _zero_later_branches(model: LARPTokenizer) -> None:
@@ -380,11 +386,5 @@ def _sliced_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: float
     mass_dec = routing_mass(dec_block, torch.cat([latents, patch_tokens], 1), (n + rows).to(device),
                             targets.to(device), heads.to(device))
 
-    # ---- output layer: least-squares read-out of the decoder's features
-    features = model.final_layer.norm_final(model.decoder(latents, patch_tokens)).flatten(0, 1).float().cpu()
-    target = _patch_pixels(videos, c.decoder_temporal_patch_size, c.decoder_patch_size,
-                           channels_last=True).flatten(0, 1).float().cpu()
-    solution = _least_squares(torch.cat([features, torch.ones(len(features), 1)], 1), target, ridge=1e-3)
-    model.final_layer.linear.weight.copy_(solution[:-1].T)
-    model.final_layer.linear.bias.copy_(solution[-1])
+    _fit_read_out(model, videos, latents, patch_tokens)
     return {"routing_encoder": mass_enc, "routing_decoder": mass_dec}
