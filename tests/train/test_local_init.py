@@ -52,10 +52,20 @@ def test_starts_as_a_linear_autoencoder_far_above_the_mean_video(clips):
     assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
 
 
-def test_released_latent_position_base_cannot_route_the_decoder(clips):
+def test_released_latent_position_base_cannot_route_the_decoder(clips, caplog):
     # With base 10,000 the 1-D latent embedding is band-limited: latent positions are not linearly separable.
     report = local_linear_init(model("latent_pe_scale_factor=10000"), clips[0][:8])
     assert report["routing_decoder"] < 0.5
+    # Training says so and names the key to change.
+    ac = AntiCollapse(model("latent_pe_scale_factor=10000"), CodebookOptions(local_linear_init=True))
+    with caplog.at_level("WARNING", logger="larp.train.codebook"):
+        ac.setup(clips[0][:8])
+    assert "does not tell the 64 latents apart" in caplog.text
+    assert "model.config.latent_pe_scale_factor (now 10000)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="larp.train.codebook"):
+        AntiCollapse(model(), CodebookOptions(local_linear_init=True)).setup(clips[0][:8])
+    assert "latent_pe_scale_factor" not in caplog.text
 
 
 WHOLE_CLIP_16 = ("patch_size=16", "decoder_patch_size=16", "temporal_patch_size=16", "decoder_temporal_patch_size=16")

@@ -310,6 +310,13 @@ class AntiCollapse:
             self.init_report = local_linear_init(self.model, batch, generator=self.generator)
             log.info("local linear init: routing %.3f (encoder), %.3f (decoder)",
                      self.init_report["routing_encoder"], self.init_report["routing_decoder"])
+            if self.init_report["routing_decoder"] < 0.5:
+                # The decoder's patch queries find their latents through the 1-D latent position embedding,
+                # which must tell all N latents apart (measured: base 0.1 for 64 latents, 0.05 for 128).
+                log.warning("local linear init routed the decoder at %.2f (about 1 expected): its latent position "
+                            "embedding does not tell the %d latents apart; try a smaller "
+                            "model.config.latent_pe_scale_factor (now %g)", self.init_report["routing_decoder"],
+                            self.model.config.bottleneck_token_num, self.model.config.latent_pe_scale_factor)
         if o.init_from_encoder:
             init_codebook_from_encoder(self.model, batch, o.reinit_noise, self.generator, o.init_kmeans_iters)
 
