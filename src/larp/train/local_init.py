@@ -210,12 +210,7 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     query_basis = _complement_basis(span_pe, k, generator)
     queries = latent_code.cpu() @ query_basis.T * math.sqrt(d_enc / k)
     content = _complement_basis(_span(torch.cat([pe, ones, queries])), content_dims, generator)
-    pixels = _patch_pixels(videos, c.temporal_patch_size, c.patch_size, channels_last=False).flatten(0, 1)
-    mean, components, std = _pca(pixels.cpu().float(), content_dims, generator)
-    scale = content_fraction * float(pe.norm(dim=-1).mean()) / float(std.norm())
-    weight = scale * content @ components  # (D_enc, C*pt*p*p)
-    model.x_embedder.proj.weight.copy_(weight.reshape(model.x_embedder.proj.weight.shape))
-    model.x_embedder.proj.bias.copy_(-(weight @ mean))
+    _embed_components(model, videos, content, pe, content_fraction, generator)
     model.encoder_latent_query_embed.copy_(queries)
     block = model.encoder.blocks[0]
     read_query = _least_squares(_layer_norm(queries), latent_code.cpu())
@@ -234,8 +229,7 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
     model.bottleneck.in_linear.bias.copy_(-(directions @ hidden.flatten(0, 1).mean(0)))
 
     # ---- decoder
-    latent_pe = model.decoder_latent_pe[0].float().cpu()
-    patch_queries = (model.decoder_patch_query_embed + model.decoder_patch_query_token_type_embed)[0].float().cpu()
+    latent_pe, patch_queries = _decoder_inputs(model)
     span_dec = _span(torch.cat([latent_pe, patch_queries, torch.ones(1, d_dec) / math.sqrt(d_dec)]))
     code_in = _complement_basis(span_dec, c.bottleneck_dim, generator)
     model.bottleneck.out_linear.weight.copy_(code_in * float(latent_pe.norm(dim=-1).mean()))
@@ -254,6 +248,27 @@ def local_linear_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: 
 
     _fit_read_out(model, videos, latents, patch_tokens)
     return {"routing_encoder": mass_enc, "routing_decoder": mass_dec}
+
+
+def _embed_components(model: LARPTokenizer, videos: torch.Tensor, content: torch.Tensor, pe: torch.Tensor,
+                      content_fraction: float, generator: torch.Generator | None) -> torch.Tensor:
+    """The patch embedding writes the top k principal components of the clips' patches into `content` (D, k),
+    at `content_fraction` of the position embedding `pe`'s norm. Returns their standard deviations (k,)."""
+    c = model.config
+    pixels = _patch_pixels(videos, c.temporal_patch_size, c.patch_size, channels_last=False).flatten(0, 1)
+    mean, components, std = _pca(pixels.cpu().float(), content.shape[1], generator)
+    scale = content_fraction * float(pe.norm(dim=-1).mean()) / float(std.norm())
+    weight = scale * content @ components  # (D_enc, C*pt*p*p)
+    model.x_embedder.proj.weight.copy_(weight.reshape(model.x_embedder.proj.weight.shape))
+    model.x_embedder.proj.bias.copy_(-(weight @ mean))
+    return std
+
+
+def _decoder_inputs(model: LARPTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D_dec) latent position embedding and (Np, D_dec) patch queries of the decoder, on the CPU."""
+    latent_pe = model.decoder_latent_pe[0].float().cpu()
+    patch_queries = (model.decoder_patch_query_embed + model.decoder_patch_query_token_type_embed)[0].float().cpu()
+    return latent_pe, patch_queries
 
 
 def _fit_read_out(model: LARPTokenizer, videos: torch.Tensor, latents: torch.Tensor, patch_tokens: torch.Tensor
@@ -311,32 +326,26 @@ def _sliced_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: float
     # ---- encoder: query codes hold the patch code in the block of their slice
     pe = model.encoder_patch_pe[0].float().cpu()
     ones = torch.ones(1, d_enc) / math.sqrt(d_enc)
-    code = torch.zeros(n, slices, k)
-    code[torch.arange(n), slice_of] = patch_code[patch_of]
-    code = code.flatten(1)  # (N, S*K)
+    blocks = torch.zeros(n, slices, k)
+    blocks[torch.arange(n), slice_of] = patch_code[patch_of]
+    code = blocks.flatten(1)  # (N, S*K)
     query_basis = _complement_basis(_span(torch.cat([pe, ones])), slices * k, generator)
     queries = code @ query_basis.T * math.sqrt(d_enc / k)
     content = _complement_basis(_span(torch.cat([pe, ones, queries])), slices * per_slice, generator)
-    pixels = _patch_pixels(videos, c.temporal_patch_size, c.patch_size, channels_last=False).flatten(0, 1)
-    mean, components, std = _pca(pixels.cpu().float(), slices * per_slice, generator)
-    scale = content_fraction * float(pe.norm(dim=-1).mean()) / float(std.norm())
-    weight = scale * content @ components
-    model.x_embedder.proj.weight.copy_(weight.reshape(model.x_embedder.proj.weight.shape))
-    model.x_embedder.proj.bias.copy_(-(weight @ mean))
+    std = _embed_components(model, videos, content, pe, content_fraction, generator)
     model.encoder_latent_query_embed.copy_(queries)
 
     enc_block, enc_heads = model.encoder.blocks[0], c.encoder_num_heads
     head_slice = [h % slices for h in range(enc_heads)]
-    read_q, read_k = [], []
-    key_code = torch.cat([torch.cat([patch_code, torch.zeros(n_p, 1)], 1),  # patches: their position
-                          torch.cat([torch.zeros(n, k), torch.ones(n, 1)], 1)])  # latent queries: a sink
-    keys = _layer_norm(torch.cat([pe, queries]))
-    for s in head_slice:
-        mine = slice_of == s
-        target = torch.cat([code.view(n, slices, k)[:, s], (~mine).float()[:, None]], 1)
-        read_q.append(_least_squares(_layer_norm(queries), target))
-        read_k.append(_least_squares(keys, key_code))
-    _set_routing(enc_block, torch.stack(read_q), torch.stack(read_k), routing_gain, generator)
+    # A latent reads its patch's code in its slice's heads and a sink code elsewhere; patches carry their code,
+    # latent queries the sink.
+    read_q = [_least_squares(_layer_norm(queries), torch.cat([blocks[:, s], (slice_of != s).float()[:, None]], 1))
+              for s in range(slices)]
+    key_code = torch.cat([torch.cat([patch_code, torch.zeros(n_p, 1)], 1),
+                          torch.cat([torch.zeros(n, k), torch.ones(n, 1)], 1)])
+    read_k = _least_squares(_layer_norm(torch.cat([pe, queries])), key_code)
+    _set_routing(enc_block, torch.stack([read_q[s] for s in head_slice]), read_k.expand(enc_heads, -1, -1),
+                 routing_gain, generator)
     # slice s's components, each slice brought to the first slice's scale, land in one shared subspace
     slice_std = std.view(slices, per_slice).norm(dim=1)
     shared = content[:, :per_slice]
@@ -345,7 +354,7 @@ def _sliced_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: float
                                  for s in head_slice], [shared] * enc_heads, value_gain / share)
     tokens = torch.cat([model.embed(videos), model.encoder_latent_query_embed.expand(len(videos), -1, -1)], 1)
     rows = torch.arange(n).repeat_interleave(share)
-    heads = torch.cat([torch.tensor([h for h in range(enc_heads) if head_slice[h] == slice_of[i]]) for i in range(n)])
+    heads = slice_of[rows] + slices * torch.arange(share).repeat(n)  # the heads h with h mod S = the row's slice
     mass_enc = routing_mass(enc_block, tokens, (n_p + rows).to(device), patch_of[rows].to(device),
                             heads.to(device))
 
@@ -358,8 +367,7 @@ def _sliced_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: float
     model.bottleneck.in_linear.bias.copy_(torch.cat([-centre / rms, torch.ones(1)]))
 
     # ---- decoder: head h routes patch queries to their slice-(h mod S) latent and writes into its own slot
-    latent_pe = model.decoder_latent_pe[0].float().cpu()
-    patch_queries = (model.decoder_patch_query_embed + model.decoder_patch_query_token_type_embed)[0].float().cpu()
+    latent_pe, patch_queries = _decoder_inputs(model)
     dec_ones = torch.ones(1, d_dec) / math.sqrt(d_dec)
     code_in = _complement_basis(_span(torch.cat([latent_pe, patch_queries, dec_ones])), m, generator)
     slots = _complement_basis(_span(torch.cat([patch_queries, dec_ones, code_in.T])), slices * m, generator)
@@ -369,11 +377,10 @@ def _sliced_init(model: LARPTokenizer, videos: torch.Tensor, routing_gain: float
     dec_slice = [h % slices for h in range(dec_heads)]
     read_query = _least_squares(_layer_norm(patch_queries), patch_code)
     keys = _layer_norm(torch.cat([latent_pe, patch_queries]))
-    read_k = []
-    for s in dec_slice:
-        target = patch_code[patch_of] * (slice_of == s).float()[:, None]
-        read_k.append(_least_squares(keys, torch.cat([target, torch.zeros(n_p, k)])))
-    _set_routing(dec_block, read_query.expand(dec_heads, -1, -1), torch.stack(read_k), routing_gain, generator)
+    read_k = [_least_squares(keys, torch.cat([patch_code[patch_of] * (slice_of == s).float()[:, None],
+                                              torch.zeros(n_p, k)])) for s in range(slices)]
+    _set_routing(dec_block, read_query.expand(dec_heads, -1, -1), torch.stack([read_k[s] for s in dec_slice]),
+                 routing_gain, generator)
     share = dec_heads // slices
     _set_head_values(dec_block, [code_in] * dec_heads, [slots[:, s * m:(s + 1) * m] for s in dec_slice],
                      value_gain / share)
