@@ -148,8 +148,8 @@ class LossConfig:
         return self.gan_start_step if self.disc_start_step is None else self.disc_start_step
 
     def validate(self, prefix: str = "loss") -> None:
-        for name in ("pixel_weight", "l2_weight", "motion_weight", "perceptual_weight", "gan_weight", "lecam_weight", "r1_weight",
-                     "vq_weight", "prior_weight"):
+        for name in ("pixel_weight", "l2_weight", "motion_weight", "perceptual_weight", "gan_weight", "lecam_weight",
+                     "r1_weight", "vq_weight", "prior_weight"):
             _need(getattr(self, name) >= 0, f"{prefix}.{name}", ">= 0", getattr(self, name))
         _positive_ints(self, prefix, "l2_steps gan_start_step prior_warmup_steps", low=0)
         if self.disc_start_step is not None:
