@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from larp import LARPTokenizer, tokenizer_preset
+from larp import LARPTokenizer
 from larp.train import checkpoint as ckpt
 from larp.train.ar_task import ARTask
 from larp.train.config import ARTrainConfig, TokenizerTrainConfig, effective_batch, load_recipe
@@ -123,15 +123,6 @@ def test_tokenizer_2x4_equals_8(tiny_data, tmp_path):
     assert moved > 0.5 * whole.optim.lr
 
 
-@pytest.fixture(scope="module")
-def tokenizer_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = LARPTokenizer(tokenizer_preset("larp-tiny"))
-    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)
-    torch.nn.init.normal_(model.encoder_latent_query_embed, std=1.0)
-    return model.save_pretrained(tmp_path_factory.mktemp("acc") / "tokenizer")
-
-
 def ar_recipe(tiny_data, tokenizer: Path, out_dir: Path, *overrides: str) -> ARTrainConfig:
     return load_recipe(ARTrainConfig, None, [
         "model.preset=ar-tiny", f"tokenizer.path={tokenizer}", f"data.train_csv={tiny_data['train']}",
@@ -140,9 +131,9 @@ def ar_recipe(tiny_data, tokenizer: Path, out_dir: Path, *overrides: str) -> ART
         *overrides])
 
 
-def test_ar_2x4_equals_8(tiny_data, tokenizer_folder, tmp_path):
-    train(ar_recipe(tiny_data, tokenizer_folder, tmp_path / "b8", "data.batch_size=8", "run.max_steps=2"), ARTask)
-    train(ar_recipe(tiny_data, tokenizer_folder, tmp_path / "b2x4", "data.batch_size=2", "optim.grad_accum_steps=4",
+def test_ar_2x4_equals_8(tiny_data, tiny_tokenizer, tmp_path):
+    train(ar_recipe(tiny_data, tiny_tokenizer, tmp_path / "b8", "data.batch_size=8", "run.max_steps=2"), ARTask)
+    train(ar_recipe(tiny_data, tiny_tokenizer, tmp_path / "b2x4", "data.batch_size=2", "optim.grad_accum_steps=4",
                     "run.max_steps=2"), ARTask)
     start = ckpt.load_checkpoint(tmp_path / "b8" / "checkpoints" / "step_00000001")["task"]
     a, b = last_state(tmp_path / "b8"), last_state(tmp_path / "b2x4")
@@ -151,13 +142,13 @@ def test_ar_2x4_equals_8(tiny_data, tokenizer_folder, tmp_path):
     assert (start["model"]["output.weight"] - a["task"]["model"]["output.weight"]).abs().max() > 0.5 * lr
 
 
-def test_accumulated_run_checkpoints_on_optimiser_steps_and_resumes_exactly(tiny_data, tokenizer_folder,
+def test_accumulated_run_checkpoints_on_optimiser_steps_and_resumes_exactly(tiny_data, tiny_tokenizer,
                                                                              tmp_path, monkeypatch):
     k = 3
-    full = ar_recipe(tiny_data, tokenizer_folder, tmp_path / "full", "data.batch_size=2",
+    full = ar_recipe(tiny_data, tiny_tokenizer, tmp_path / "full", "data.batch_size=2",
                      f"optim.grad_accum_steps={k}", "run.max_steps=4", "run.ckpt_every=2")
     train(full, ARTask)
-    part = ar_recipe(tiny_data, tokenizer_folder, tmp_path / "part", "data.batch_size=2",
+    part = ar_recipe(tiny_data, tiny_tokenizer, tmp_path / "part", "data.batch_size=2",
                      f"optim.grad_accum_steps={k}", "run.max_steps=4", "run.ckpt_every=2")
     original = ARTask.encode_batch
     seen = []

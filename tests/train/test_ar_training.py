@@ -26,17 +26,9 @@ from larp.train.token_cache import (
     read_cache_meta,
     window_start,
 )
+from tests.train.conftest import ar_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = LARPTokenizer(tokenizer_preset("larp-tiny"))
-    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)
-    torch.nn.init.normal_(model.encoder_latent_query_embed, std=1.0)  # varied codes from a random model
-    return model.save_pretrained(tmp_path_factory.mktemp("tok") / "tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +52,6 @@ def test_cache_encodes_each_distinct_window_once(tiny_tokenizer, tmp_path):
     entries = list(TokenCacheDataset(tmp_path / "tokens").entries())
     assert meta.num_entries == sum(len(d) for d in distinct)
     assert [sorted(s for v, s, _ in entries if v == video) for video in range(len(ds))] == distinct
-
-
-def ar_recipe(tiny_data, tokenizer: Path, out_dir: Path, *overrides: str) -> ARTrainConfig:
-    base = ["model.preset=ar-tiny", f"tokenizer.path={tokenizer}", f"data.val_csv={tiny_data['val']}",
-            "data.num_frames=8", "data.size=32", "data.batch_size=4", "data.num_workers=0", "data.val_clips=4",
-            f"run.out_dir={out_dir}", "run.max_steps=6", "run.log_every=1", "run.eval_every=3",
-            "run.ckpt_every=2", "optim.warmup_steps=2"]
-    return load_recipe(ARTrainConfig, None, base + list(overrides))
 
 
 def test_cache_holds_the_tokens_of_the_clips_it_names(cache, tiny_data, tiny_tokenizer):

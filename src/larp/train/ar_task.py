@@ -19,6 +19,7 @@ from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair, pad_context
 from larp.sample.generate import generate
+from larp.train.ar_init import embed_codebook
 from larp.train.config import ARTrainConfig
 from larp.train.data import training_videos, validation_videos
 from larp.train.engine import TrainContext
@@ -46,6 +47,9 @@ class ARTask:
             self.tokenizer = LARPTokenizer.from_pretrained(recipe.tokenizer.path).to(ctx.device).eval()
             self.tokenizer.requires_grad_(False)
             check_pair(self.tokenizer, self.model)
+            if recipe.model.codebook_init:
+                embed_codebook(self.model, self.tokenizer.bottleneck.regularizer.codebook)
+                log.info("token embeddings and output head start from the tokenizer's codebook")
         if data.token_cache:
             self.train_set: Any = TokenCacheDataset(data.token_cache)
             meta = self.train_set.meta

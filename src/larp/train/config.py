@@ -62,6 +62,9 @@ class ModelSpec:
     # embedding row it starts from, or -1 for a fresh row. Empty: all rows kept when the count is unchanged,
     # all fresh otherwise. The null-class row (guidance) is always kept.
     class_rows: list[int] = field(default_factory=list)
+    # AR model: start the token embeddings and the output head from the tokenizer's codebook
+    # (`larp.train.ar_init.embed_codebook`); needs tokenizer.path, not with init_from.
+    codebook_init: bool = False
 
 
 @dataclass
@@ -228,6 +231,8 @@ class TokenizerTrainConfig:
         unknown = [part for part in self.model.freeze if part not in FREEZABLE]
         _need(not unknown, "model.freeze", f"a list of {list(FREEZABLE)}", self.model.freeze)
         _need(not self.model.class_rows, "model.class_rows", "empty for a tokenizer", self.model.class_rows)
+        _need(not self.model.codebook_init, "model.codebook_init", "false for a tokenizer (an AR model option)",
+              self.model.codebook_init)
         if "codebook" in self.model.freeze:
             for name in ("dead_code_steps", "init_kmeans_iters"):
                 _need(not getattr(self.codebook, name), f"codebook.{name}", "0 with the codebook frozen",
@@ -261,6 +266,11 @@ class ARTrainConfig:
         _need(not self.model.freeze, "model.freeze", "empty for an AR model (freezing is a tokenizer option)",
               self.model.freeze)
         _need(self.num_cond_frames >= 1, "num_cond_frames", ">= 1", self.num_cond_frames)
+        if self.model.codebook_init:
+            _need(bool(self.tokenizer.path), "model.codebook_init", "used with tokenizer.path (the codebook's "
+                  "source)", True)
+            _need(not self.model.init_from, "model.codebook_init", "false when fine-tuning (model.init_from "
+                  "brings trained embeddings)", True)
         if self.model.class_rows:
             _need(bool(self.model.init_from), "model.class_rows", "used with model.init_from", self.model.class_rows)
             classes = self.model_config().num_classes
