@@ -73,8 +73,9 @@ def test_demo_recipes_are_the_shipped_package_files_and_configs_links_to_them():
     demo = Demo.__new__(Demo)
     demo.cfg = DemoConfig(seed=3)
     tok, ar = demo.tokenizer_recipe(), demo.ar_recipe()
-    assert tok.run.seed == 3 and tok.model.preset == "larp-synthetic-64" and tok.run.max_steps > 100
-    assert ar.run.seed == 3 and ar.model_config().num_classes == 10
+    assert tok.run.seed == 3 and tok.model.preset == "larp-synthetic-64-clip" and tok.run.max_steps > 100
+    assert ar.run.seed == 3 and ar.model_config().num_classes == 10 and ar.model.codebook_init
+    assert ar.model_config().vocab_size == tok.model_config().codebook_size  # the recipe alone pairs them too
     quick = Demo.__new__(Demo)
     quick.cfg = DemoConfig.smoke()
     assert quick.tokenizer_recipe().run.max_steps == 4 and quick.ar_recipe().run.max_steps == 4

@@ -371,8 +371,8 @@ def _tokenizer(codebook_size: int, bottleneck_dim: int, prior: str, **kw: Any) -
 TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     # The released LARP-L-long tokenizer: 16x128x128 -> 1024 tokens of a 8192-code book.
     "larp-l-long": _tokenizer(8192, 16, "gptc-S"),
-    # CPU presets. `larp-tiny` is for unit tests; `larp-synthetic-64` is the demo's tokenizer on the
-    # 64x64x16 synthetic clips (see docs/small_scale_recipes.md for how it was chosen).
+    # CPU presets. `larp-tiny` is for unit tests; `larp-synthetic-64-clip` is the demo's tokenizer on the
+    # 64x64x16 synthetic clips, `larp-synthetic-64` its earlier one (docs/small_scale_recipes.md, docs/demo.md).
     "larp-tiny": _tokenizer(128, 8, "gptc-XXS", bottleneck_token_num=32, input_size=32, frame_num=8,
                             encoder_hidden_size=64, decoder_hidden_size=64, encoder_num_heads=4,
                             decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
@@ -393,6 +393,16 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
                                     frame_num=16, patch_size=16, decoder_patch_size=16, latent_pe_scale_factor=0.1,
                                     encoder_hidden_size=128, decoder_hidden_size=128, encoder_num_heads=4,
                                     decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
+    # The same 64 tokens over 16 patches of 16x16 pixels through all 16 frames, four tokens per patch (the
+    # local initialisation gives each a slice of its patch's principal components, coarse to fine), 8,192
+    # codes: no temporal patch boundary for the object to jump at, and the static background coded once; the
+    # slices need the 13 bits (docs/demo.md).
+    "larp-synthetic-64-clip": _tokenizer(8192, 16, "gptc-XXXS", bottleneck_token_num=64, input_size=64,
+                                         frame_num=16, patch_size=16, decoder_patch_size=16,
+                                         temporal_patch_size=16, decoder_temporal_patch_size=16,
+                                         latent_pe_scale_factor=0.1, encoder_hidden_size=128,
+                                         decoder_hidden_size=128, encoder_num_heads=4, decoder_num_heads=4,
+                                         encoder_depth=2, decoder_depth=2),
 }
 
 AR_PRESETS: dict[str, ARConfig] = {
