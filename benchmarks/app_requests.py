@@ -3,8 +3,9 @@
     python benchmarks/app_requests.py                # one torch thread
     python benchmarks/app_requests.py --threads 2
 
-The models are the demo's presets (larp-synthetic-64 tokenizer, ar-synthetic generator) with random weights:
-the work per request does not depend on the weights. Each figure is the fastest of a few runs of
+The models are the presets the demo used when these were measured (larp-synthetic-64 tokenizer, ar-synthetic
+generator; the demo's larp-synthetic-64-clip has the same 64 tokens and widths) with random weights: the work
+per request does not depend on the weights. Each figure is the fastest of a few runs of
 `larp.app.core` (what the page calls), files written included; `load1` is the machine's load when it started."""
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Start an AR model's token embeddings and output head from its tokenizer's codebook.
 
-An AR model learns one embedding row and one output row per code. From scratch, a row moves only when its
-code is seen, so a small dataset (the demo's 960 clips hold each of 4,096 codes ~30 times) leaves most rows
-near noise, and codes that draw the same patch stay unrelated. Here every code starts from its own codebook
-vector (unit length, `bottleneck_dim` wide) through one fixed random projection into the model's width:
-codes near each other in the tokenizer start near each other in the AR model, and the head starts as the
-tokenizer's prior scores codes, by the cosine between a predicted vector and each code. Only initial values
-change; the architecture and the checkpoint format are the released ones (docs/demo.md has the measurements).
+An AR model learns one embedding row and one output row per code. From a random start an embedding row moves
+only when its code is seen (and an output row is only pushed down until then), so a small dataset (the demo's
+960 clips and their mirror images hold each of its 8,192 codes ~15 times) leaves most rows near noise, and
+codes that draw the same patch stay unrelated. Here every code starts from its own codebook vector (unit
+length, `bottleneck_dim` wide) through one fixed random projection into the model's width: codes near each
+other in the tokenizer start near each other in the AR model, and the head starts as the tokenizer's prior
+scores codes, by the cosine between a predicted vector and each code. Only initial values change; the
+architecture and the checkpoint format are the released ones (docs/demo.md has the measurements).
 """
 
 from __future__ import annotations
