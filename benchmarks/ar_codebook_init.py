@@ -14,20 +14,23 @@ the demo's size. Sample figures vary by a few points between draws (docs/demo.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
-from larp.demo.pipeline import AR_RECIPE, DemoConfig, _uint8, recipe_file
-from larp.eval.synthetic import SyntheticReference, sample_metrics
+from larp.demo.pipeline import (
+    AR_RECIPE,
+    DemoConfig,
+    ar_data_overrides,
+    recipe_file,
+    sample_videos,
+    score_samples,
+)
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
-from larp.sample.generate import generate
 from larp.train.ar_task import ARTask
 from larp.train.config import ARTrainConfig, load_recipe
 from larp.train.run import train
@@ -36,27 +39,16 @@ from larp.train.run import train
 def one_start(demo: Path, out: Path, codebook_init: bool, steps: int, threads: int) -> dict[str, float]:
     cfg = DemoConfig()
     tok = LARPTokenizer.from_pretrained(demo / "tokenizer" / "model").eval()
-    recipe = load_recipe(ARTrainConfig, recipe_file(AR_RECIPE), cfg.ar_overrides() + [
-        f"model.config.vocab_size={tok.codebook_size}", f"model.config.max_seq_len={tok.num_tokens}",
-        f"model.codebook_init={str(codebook_init).lower()}", f"tokenizer.path={demo / 'tokenizer' / 'model'}",
-        f"data.token_cache={demo / 'tokens'}", f"data.val_csv={demo / 'data' / 'val.csv'}",
-        f"run.out_dir={out}", f"run.max_steps={steps}", f"run.eval_every={steps}", f"run.ckpt_every={steps}",
-        f"run.threads={threads}"])
+    recipe = load_recipe(ARTrainConfig, recipe_file(AR_RECIPE), cfg.ar_overrides() + ar_data_overrides(
+        tok, demo / "tokenizer" / "model", demo / "tokens", demo / "data" / "val.csv", out) + [
+        f"model.codebook_init={str(codebook_init).lower()}", f"run.max_steps={steps}", f"run.eval_every={steps}",
+        f"run.ckpt_every={steps}", f"run.threads={threads}"])
     start = time.perf_counter()
-    final = train(recipe, ARTask, overwrite=True)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's evaluation lines: stdout holds the JSON alone
+        final = train(recipe, ARTask, overwrite=True)
     seconds = time.perf_counter() - start
-    ar = LARPAR.from_pretrained(out / "model").eval()
-    labels = torch.arange(cfg.classes).repeat_interleave(cfg.samples_per_class)
-    g = torch.Generator().manual_seed(cfg.seed)
-    videos = []
-    with torch.no_grad():
-        for i in range(0, len(labels), 50):
-            tokens = generate(ar, labels[i:i + 50], cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                              top_k=cfg.top_k, generator=g)
-            videos.append(torch.from_numpy(_uint8(tok.decode(tokens))))
-    clips = torch.cat(videos).permute(0, 4, 1, 2, 3).float() / 255
-    reference = SyntheticReference(load_file(str(demo / "recon" / "recon.safetensors"))["real_features"].numpy())
-    scores = sample_metrics(clips, labels.tolist(), reference, num_classes=cfg.classes)
+    videos, labels = sample_videos(LARPAR.from_pretrained(out / "model").eval(), tok, cfg)
+    scores = score_samples(videos, labels, demo / "recon" / "recon.safetensors", cfg.classes)
     return {"ar_val_loss": final.get("val/loss"), "ar_val_token_acc": final.get("val/token_acc"),
             "train_seconds": round(seconds, 1), **{k: v for k, v in scores.items() if not isinstance(v, dict)}}
 

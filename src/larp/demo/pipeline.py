@@ -243,11 +243,8 @@ class Demo:
 
         tok = self._tokenizer()
         run_dir = self.out / "ar"
-        recipe = self.ar_recipe([
-            f"model.config.vocab_size={tok.codebook_size}", f"model.config.max_seq_len={tok.num_tokens}",
-            f"tokenizer.path={self.state['done']['tokenizer']['model']}",
-            f"data.token_cache={self.state['done']['tokens']['cache']}", f"data.val_csv={self._data()['val']}",
-            f"run.out_dir={run_dir}"])
+        recipe = self.ar_recipe(ar_data_overrides(tok, self.state["done"]["tokenizer"]["model"],
+                                                  self.state["done"]["tokens"]["cache"], self._data()["val"], run_dir))
         resume = (run_dir / "checkpoints").is_dir()
         metrics = train(recipe, ARTask, resume=resume, overwrite=not resume)
         return {"model": str(run_dir / "model"), "final_eval": metrics}
@@ -256,20 +253,11 @@ class Demo:
     def stage_samples(self) -> dict[str, Any]:
         from larp.data.video_write import write_mp4
         from larp.models.ar import LARPAR
-        from larp.sample.generate import generate
 
         tok = self._tokenizer()
         ar = LARPAR.from_pretrained(self.state["done"]["ar"]["model"])
-        c = self.cfg
         folder = self.out / "samples"
-        labels = torch.arange(c.classes).repeat_interleave(c.samples_per_class)
-        g = torch.Generator().manual_seed(c.seed)
-        videos = []
-        for start in tqdm(range(0, len(labels), 50), desc="sample", unit="batch"):
-            tokens = generate(ar, labels[start:start + 50], cfg_scale=c.cfg_scale, temperature=c.temperature,
-                              top_k=c.top_k, generator=g)
-            videos.append(torch.from_numpy(_uint8(tok.decode(tokens))))
-        videos = torch.cat(videos)  # uint8 (N, T, H, W, 3): what the mp4 files and the pictures show
+        videos, labels = sample_videos(ar, tok, self.cfg)
         for i, (v, y) in enumerate(zip(videos, labels.tolist(), strict=True)):
             write_mp4(folder / f"{i:04d}_class{y}.mp4", v.numpy())
         write_safetensors(folder / "samples.safetensors", {"videos": videos.contiguous(), "labels": labels})
@@ -278,19 +266,52 @@ class Demo:
     def stage_score(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        from larp.eval.synthetic import SyntheticReference, sample_metrics
-
         samples = load_file(str(self.out / "samples" / "samples.safetensors"))
-        recon = load_file(self.state["done"]["recon"]["file"])
-        reference = SyntheticReference(recon["real_features"].numpy())
-        videos = samples["videos"].permute(0, 4, 1, 2, 3).float() / 255
-        scores = sample_metrics(videos, samples["labels"].tolist(), reference, num_classes=self.cfg.classes)
+        scores = score_samples(samples["videos"], samples["labels"], Path(self.state["done"]["recon"]["file"]),
+                               self.cfg.classes)
         return {**scores, "chance": 1.0 / self.cfg.classes}
 
     def stage_report(self) -> dict[str, Any]:
         from larp.demo.figures import write_demo_report
 
         return write_demo_report(self)
+
+
+def ar_data_overrides(tok: Any, tokenizer_path: str | Path, token_cache: str | Path, val_csv: str | Path,
+                      out_dir: str | Path) -> list[str]:
+    """Recipe overrides that pair the AR recipe with a trained tokenizer (its codes and token count), its token
+    cache and the validation clips."""
+    return [f"model.config.vocab_size={tok.codebook_size}", f"model.config.max_seq_len={tok.num_tokens}",
+            f"tokenizer.path={tokenizer_path}", f"data.token_cache={token_cache}", f"data.val_csv={val_csv}",
+            f"run.out_dir={out_dir}"]
+
+
+@torch.no_grad()
+def sample_videos(ar: Any, tok: Any, cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The demo's samples: `cfg.samples_per_class` per class with its guidance, temperature, top-k and seed,
+    decoded -> (uint8 (N, T, H, W, 3), what the mp4 files and the pictures show; labels (N,))."""
+    from larp.sample.generate import generate
+
+    labels = torch.arange(cfg.classes).repeat_interleave(cfg.samples_per_class)
+    g = torch.Generator().manual_seed(cfg.seed)
+    videos = []
+    for start in tqdm(range(0, len(labels), 50), desc="sample", unit="batch"):
+        tokens = generate(ar, labels[start:start + 50], cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                          top_k=cfg.top_k, generator=g)
+        videos.append(torch.from_numpy(_uint8(tok.decode(tokens))))
+    return torch.cat(videos), labels
+
+
+def score_samples(videos: torch.Tensor, labels: torch.Tensor, recon_file: Path, classes: int) -> dict[str, Any]:
+    """Sample metrics of uint8 (N, T, H, W, 3) clips against the real validation clips' features, which the
+    recon stage stored in `recon_file` (`larp.eval.synthetic.sample_metrics`)."""
+    from safetensors.torch import load_file
+
+    from larp.eval.synthetic import SyntheticReference, sample_metrics
+
+    reference = SyntheticReference(load_file(str(recon_file))["real_features"].numpy())
+    clips = videos.permute(0, 4, 1, 2, 3).float() / 255
+    return sample_metrics(clips, labels.tolist(), reference, num_classes=classes)
 
 
 def _uint8(videos: torch.Tensor) -> np.ndarray:
