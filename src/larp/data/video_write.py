@@ -85,7 +85,8 @@ class MP4Writer:
     `with` block by an exception (or calling `abort()`) removes it, so `path` is complete or untouched.
     yuv420p needs even sizes: odd-sized frames get their last row/column repeated (1 pixel larger).
     `threads=None` lets x264 choose; its threaded encoder does not always give the same bytes for the same
-    frames, so writers that must be reproducible (the synthetic dataset) pass `threads=1`."""
+    frames, so writers that must be reproducible (the synthetic dataset) pass `threads=1`: then the same
+    frames give the same bytes in every process."""
 
     def __init__(
         self, path: PathLike, fps: float = 8, *, crf: int = 18, keyframe_interval: int | None = None,
@@ -129,7 +130,10 @@ class MP4Writer:
             raise ValueError(f"frame size changed from {self._size} to {(h, w)} in {self.path}")
         if h % 2 or w % 2:
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        # Converted to yuv420p here, a fresh scaler per frame: the encoder's own conversion keeps one scaler
+        # for the whole stream, and that gave different pixels from process to process for the same frames.
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
+            format="yuv420p")
         self._container.mux(self._stream.encode(video_frame))
 
     def close(self) -> None:
