@@ -6,8 +6,9 @@
 
 Areas: tokenizer (encode / decode clips per second), generation (AR tokens per second by batch, guidance and
 sequence length, with and without the KV cache), training (tokenizer and AR steps per second, AR from the
-token cache vs re-encoding every batch), data (training data pipeline clips per second). Each area runs in
-its own process so that its peak memory (max RSS, or CUDA max allocated) is its own."""
+token cache vs re-encoding every batch; the demo's presets, as its shipped recipes name them), data
+(training data pipeline clips per second). Each area runs in its own process so that its peak memory (max
+RSS, or CUDA max allocated) is its own."""
 
 from __future__ import annotations
 
@@ -47,11 +48,25 @@ def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def demo_pair() -> tuple[str, str, list[str]]:
+    """The demo's tokenizer preset, AR preset and AR config overrides, as its shipped recipes name them."""
+    import yaml
+
+    from larp.demo.pipeline import recipe_file
+
+    tok = yaml.safe_load(recipe_file("tiny_synthetic.yaml").read_text())["model"]
+    ar = yaml.safe_load(recipe_file("tiny_synthetic_ar.yaml").read_text())["model"]
+    overrides = [f"model.config.{k}={v}" for k, v in (ar.get("config") or {}).items()]
+    return tok["preset"], ar["preset"], overrides
+
+
 def bench_tokenizer(device: torch.device, quick: bool) -> dict:
     from larp import LARPTokenizer, tokenizer_preset
 
     out = {}
-    presets = ["larp-synthetic-64"] if quick else ["larp-synthetic-64", "larp-l-long"]
+    demo = demo_pair()[0]
+    # The demo's tokenizer, its earlier one (16x16x4 patches), and the released shape.
+    presets = [demo] if quick else [demo, "larp-synthetic-64", "larp-l-long"]
     for name in presets:
         torch.manual_seed(0)
         tok = LARPTokenizer(tokenizer_preset(name)).to(device).eval()
@@ -107,8 +122,9 @@ def bench_training(device: torch.device, quick: bool) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="larp_bench_"))
     data = write_synthetic_dataset(tmp / "data", classes=4, clips_per_class=8, frames=16, size=64, seed=0)
     dev = f"run.device={device.type}"
+    tok_preset, ar_preset, ar_config = demo_pair()
     tok_recipe = load_recipe(TokenizerTrainConfig, None, [
-        "model.preset=larp-synthetic-64", f"data.train_csv={data['train']}", "data.batch_size=8",
+        f"model.preset={tok_preset}", f"data.train_csv={data['train']}", "data.batch_size=8",
         "loss.perceptual_weight=0", "loss.gan_weight=0", "data.size=64", dev])
     tok_task = TokenizerTask(tok_recipe, setup_context(tok_recipe.run))
     items = SeededItems(tok_task.train_set)
@@ -117,14 +133,15 @@ def bench_training(device: torch.device, quick: bool) -> dict:
     tok_sec = timed(lambda: tok_task.train_step(batch, 0), device, repeat=steps)
     folder = tok_task.model.save_pretrained(tmp / "tok")
 
-    speedups = {"synthetic": _token_cache_speedup(tmp, folder, data, "ar-synthetic", 16, 64, steps, device)}
+    speedups = {"synthetic": _token_cache_speedup(tmp, folder, data, ar_preset, 16, 64, steps, device, ar_config)}
     # The issue's criterion: the tiny presets (larp-tiny 32x32x8 -> 32 tokens, ar-tiny).
     from larp import LARPTokenizer, tokenizer_preset
 
     tiny_data = write_synthetic_dataset(tmp / "data_tiny", classes=4, clips_per_class=8, frames=8, size=32, seed=0)
     tiny = LARPTokenizer(tokenizer_preset("larp-tiny")).save_pretrained(tmp / "tok_tiny")
     speedups["tiny"] = _token_cache_speedup(tmp / "tiny", tiny, tiny_data, "ar-tiny", 8, 32, steps, device)
-    out = {"tokenizer_train_steps_per_s": 1 / tok_sec, "tokenizer_batch": 8, "ar_batch": 16}
+    out = {"tokenizer_preset": tok_preset, "ar_preset": ar_preset, "ar_config": ar_config,
+           "tokenizer_train_steps_per_s": 1 / tok_sec, "tokenizer_batch": 8, "ar_batch": 16}
     for pair, rates in speedups.items():  # tiny: larp-tiny + ar-tiny; synthetic: the demo's pair
         out.update({f"ar_{pair}_clips_per_s_reencode": rates["reencode"],
                     f"ar_{pair}_clips_per_s_token_cache": rates["token_cache"],
@@ -133,7 +150,7 @@ def bench_training(device: torch.device, quick: bool) -> dict:
 
 
 def _token_cache_speedup(tmp: Path, folder: Path, data: dict, ar_preset: str, frames: int, size: int, steps: int,
-                         device: torch.device) -> dict[str, float]:
+                         device: torch.device, ar_config: list[str] | None = None) -> dict[str, float]:
     """Clips/s of AR training that re-encodes every batch against training from a token cache (same model,
     batch 16), data loading included, as training runs it."""
     from larp import LARPTokenizer
@@ -147,7 +164,7 @@ def _token_cache_speedup(tmp: Path, folder: Path, data: dict, ar_preset: str, fr
     build_token_cache(tok, VideoCSVDataset(data["train"], num_frames=frames, size=size), tmp / "cache",
                       tokenizer_id=str(folder), progress=False, device=device)
     common = [f"model.preset={ar_preset}", f"tokenizer.path={folder}", f"data.size={size}",
-              f"data.num_frames={frames}", "data.batch_size=16", f"run.device={device.type}"]
+              f"data.num_frames={frames}", "data.batch_size=16", f"run.device={device.type}"] + (ar_config or [])
     online = load_recipe(ARTrainConfig, None, common + [f"data.train_csv={data['train']}"])
     cached = load_recipe(ARTrainConfig, None, common + [f"data.token_cache={tmp / 'cache'}"])
     rates = {}
