@@ -6,6 +6,7 @@ the umask gives. Frame rates must lie in (0, MAX_FPS]."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from fractions import Fraction
@@ -78,6 +79,18 @@ def check_fps(fps: float) -> float:
     return float(fps)
 
 
+@functools.cache
+def _one_thread_scaler() -> dict[str, int]:
+    """`reformat` options for a one-thread colour conversion. PyAV 17 and later convert on several threads by
+    default and start them for every frame (6x slower on a 64x64 frame, the same pixels); earlier versions
+    have no such option and convert on one thread."""
+    try:
+        av.VideoFrame(2, 2, "rgb24").reformat(format="yuv420p", threads=1)
+    except TypeError:
+        return {}
+    return {"threads": 1}
+
+
 class MP4Writer:
     """Streams RGB uint8 frames (H, W, 3) into an H.264 yuv420p mp4.
 
@@ -133,7 +146,7 @@ class MP4Writer:
         # Converted to yuv420p here, a fresh scaler per frame: the encoder's own conversion keeps one scaler
         # for the whole stream, and that gave different pixels from process to process for the same frames.
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
-            format="yuv420p")
+            format="yuv420p", **_one_thread_scaler())
         self._container.mux(self._stream.encode(video_frame))
 
     def close(self) -> None:
