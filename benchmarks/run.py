@@ -50,14 +50,12 @@ def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
 
 def demo_pair() -> tuple[str, str, list[str]]:
     """The demo's tokenizer preset, AR preset and AR config overrides, as its shipped recipes name them."""
-    import yaml
+    from larp.demo.pipeline import AR_RECIPE, TOKENIZER_RECIPE, recipe_file
+    from larp.train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
 
-    from larp.demo.pipeline import recipe_file
-
-    tok = yaml.safe_load(recipe_file("tiny_synthetic.yaml").read_text())["model"]
-    ar = yaml.safe_load(recipe_file("tiny_synthetic_ar.yaml").read_text())["model"]
-    overrides = [f"model.config.{k}={v}" for k, v in (ar.get("config") or {}).items()]
-    return tok["preset"], ar["preset"], overrides
+    tok = load_recipe(TokenizerTrainConfig, recipe_file(TOKENIZER_RECIPE), []).model
+    ar = load_recipe(ARTrainConfig, recipe_file(AR_RECIPE), []).model
+    return tok.preset, ar.preset, [f"model.config.{k}={v}" for k, v in ar.config.items()]
 
 
 def bench_tokenizer(device: torch.device, quick: bool) -> dict:

@@ -170,12 +170,12 @@ def test_the_written_dataset_is_the_same_bytes_on_every_run(tmp_path, monkeypatc
 
     seen = []
     monkeypatch.setattr(synthetic, "write_mp4", lambda *a, **kw: seen.append(kw.get("threads")) or write_mp4(*a, **kw))
-    write = "from larp.data.synthetic import write_synthetic_dataset as w; import sys; " \
-            "w(sys.argv[1], classes=10, clips_per_class=4, frames=16, size=64, seed=0)"
+    dataset = {"classes": 10, "clips_per_class": 4, "frames": 16, "size": 64, "seed": 0}
+    write = f"from larp.data.synthetic import write_synthetic_dataset as w; import sys; w(sys.argv[1], **{dataset!r})"
     digests = []
     for run in ("a", "b", "c"):
         if run == "a":
-            write_synthetic_dataset(tmp_path / run, classes=10, clips_per_class=4, frames=16, size=64, seed=0)
+            write_synthetic_dataset(tmp_path / run, **dataset)
         else:
             subprocess.run([sys.executable, "-c", write, str(tmp_path / run)], check=True, timeout=300)
         digests.append(_dataset_digests(tmp_path / run))
