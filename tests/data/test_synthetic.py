@@ -161,11 +161,10 @@ def _dataset_digests(folder: Path) -> dict[str, str]:
 
 
 def test_the_written_dataset_is_the_same_bytes_on_every_run(tmp_path, monkeypatch):
-    # x264's threaded encoder gave different bytes (and decoded pixels) for about one clip in 25 of the
-    # same frames on a loaded machine; a dataset that changes between runs makes a rerun of an experiment
-    # differ. The byte comparison below catches it only when the threads race, so the setting is checked too.
-    # Fresh processes as well: the encoder's own colour conversion gave other pixels from one process to the
-    # next (never twice in one), for a few clips in 40 (seen on these very clips).
+    # A dataset that changes between runs makes a rerun of an experiment differ. The same frames were seen to
+    # give other bytes (x264's macroblock-tree, see test_video_io) in some runs and processes, so two fresh
+    # interpreters write it too. One thread is checked as well: x264's output depends on its thread count,
+    # which would make the dataset differ from one machine to another.
     import larp.data.synthetic as synthetic
 
     seen = []

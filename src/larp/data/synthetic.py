@@ -206,7 +206,7 @@ def write_synthetic_dataset(
         for spec in specs:
             clip = synthetic_clip(spec.index, np.random.default_rng([seed, spec.index, i]), frames, size)
             rel = Path("videos") / spec.name / f"{spec.name}_{i:04d}.mp4"
-            write_mp4(out / rel, clip, fps=fps, threads=1)  # one thread: the same bytes on every run
+            write_mp4(out / rel, clip, fps=fps, threads=1)  # one thread: the same bytes on every machine
             split = "val" if i >= clips_per_class - n_val else "train"
             splits[split].append(VideoRow(f"{spec.name}_{i:04d}", rel.as_posix(), spec.name, spec.index))
     return {name: write_csv(out / f"{name}.csv", rows) for name, rows in splits.items()}

@@ -97,9 +97,10 @@ class MP4Writer:
     The frames go to a temporary file in the same folder, renamed to `path` by `close()`; leaving the
     `with` block by an exception (or calling `abort()`) removes it, so `path` is complete or untouched.
     yuv420p needs even sizes: odd-sized frames get their last row/column repeated (1 pixel larger).
-    `threads=None` lets x264 choose; its threaded encoder does not always give the same bytes for the same
-    frames, so writers that must be reproducible (the synthetic dataset) pass `threads=1`: then the same
-    frames give the same bytes in every process."""
+    The same frames give the same bytes on every run: x264's macroblock-tree rate control is off (with it,
+    about one encode in ten of a detailed 64x64 clip came out different, decoded pixels included, even on
+    one thread). `threads=None` lets x264 choose; its output depends on the number of threads, so writers
+    that must give the same bytes on every machine (the synthetic dataset) pass `threads=1`."""
 
     def __init__(
         self, path: PathLike, fps: float = 8, *, crf: int = 18, keyframe_interval: int | None = None,
@@ -118,7 +119,9 @@ class MP4Writer:
             raise
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.pix_fmt = "yuv420p"
-        options = {"crf": str(crf)}
+        # mbtree=0: x264's macroblock-tree made the bytes (and decoded pixels) of the same frames vary from
+        # one encode to the next; without it they do not, at a slightly larger file for the same crf.
+        options = {"crf": str(crf), "x264-params": "mbtree=0"}
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1 (or None: x264 chooses), got {threads}")
@@ -143,8 +146,8 @@ class MP4Writer:
             raise ValueError(f"frame size changed from {self._size} to {(h, w)} in {self.path}")
         if h % 2 or w % 2:
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        # Converted to yuv420p here, a fresh scaler per frame: the encoder's own conversion keeps one scaler
-        # for the whole stream, and that gave different pixels from process to process for the same frames.
+        # Converted to yuv420p here, on one thread: PyAV's conversion inside `encode` starts several threads
+        # for every frame in recent versions (much slower on small frames, the same pixels).
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
             format="yuv420p", **_one_thread_scaler())
         self._container.mux(self._stream.encode(video_frame))
