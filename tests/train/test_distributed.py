@@ -94,7 +94,7 @@ def test_two_gloo_processes_keep_identical_weights(tiny_data, tmp_path, task):
         from tests.train.test_accumulation import (
             DETERMINISTIC_TOKENIZER,
             assert_same_update,
-            float_noise,
+            gradient_smallness,
             tokenizer_param_names,
             tokenizer_step_sizes,
         )
@@ -106,9 +106,9 @@ def test_two_gloo_processes_keep_identical_weights(tiny_data, tmp_path, task):
         states = [load_checkpoint(tmp_path / "single" / "checkpoints" / f"step_{step:08d}")["task"]
                   for step in (1, 2)]
         ref = states[-1]
-        noise = float_noise([st["opt_g"]["state"] for st in states], tokenizer_param_names(single))
+        smallness = gradient_smallness([st["opt_g"]["state"] for st in states], tokenizer_param_names(single))
         assert_same_update({"model": {k: a[k] for k in ref["model"]}}, {"model": ref["model"]},
-                           tokenizer_step_sizes(single), noise)
+                           tokenizer_step_sizes(single), smallness)
         for k, v in ref["disc"].items():
             torch.testing.assert_close(a["disc." + k], v, atol=0.005 * single.discriminator.lr, rtol=0, msg=k)
         return
