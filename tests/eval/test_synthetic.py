@@ -14,8 +14,10 @@ from larp.data.video_io import to_tensor
 from larp.eval.synthetic import (
     SFVD_FEATURES,
     SyntheticReference,
+    analyse_clips,
     clip_sfvd_features,
     object_fidelity,
+    path_spread,
     reconstruction_object_metrics,
     sample_metrics,
 )
@@ -117,6 +119,35 @@ def test_sample_metrics_on_real_and_broken_sets(real_set):
     assert wrong["coherent_fraction"] == 1.0 and wrong["sfvd"] > 2 * ok["sfvd"]
     with pytest.raises(ValueError, match="one label per clip"):
         sample_metrics(real, labels[:-1], reference)
+
+
+def test_path_spread_of_hand_made_paths():
+    a = clip(MovingShape("square", COLOURS["red"], 6.0, path(10, 10, 30, 0)))
+    b = clip(MovingShape("square", COLOURS["red"], 6.0, path(20, 30, 30, 0)))
+    alone = clip(MovingShape("circle", COLOURS["blue"], 6.0, path(40, 40, 0, -20)))
+    # (10, 10) -> (40, 10) against (20, 30) -> (50, 30): 10 and 20 px apart at both ends.
+    expected = np.sqrt(2 * (10**2 + 20**2)) / 64
+    assert path_spread(analyse_clips([a, b, alone]), [0, 0, 1]) == pytest.approx(expected, rel=0.02)
+    assert path_spread(analyse_clips([a, a]), [0, 0]) == pytest.approx(0.0, abs=1e-9)
+    assert np.isnan(path_spread(analyse_clips([a, alone]), [0, 1]))  # no class with two clips
+    assert np.isnan(path_spread(analyse_clips([a, torch.full((3, 16, 64, 64), 0.5)]), [0, 0]))  # no object
+    with pytest.raises(ValueError, match="one label per clip"):
+        path_spread(analyse_clips([a]), [0, 0])
+
+
+def test_samples_that_all_take_one_path_keep_their_scores_but_lose_path_spread(real_set):
+    reference, items, real = real_set
+    labels = [k % 10 for k in range(len(items))]
+    first = {}
+    for s, y in zip(items, labels, strict=True):
+        first.setdefault(y, s.objects[0].centres)
+    same_path = render([replace(s, objects=(replace(s.objects[0], centres=first[y]),))
+                        for s, y in zip(items, labels, strict=True)])
+    ok, collapsed = sample_metrics(real, labels, reference), sample_metrics(same_path, labels, reference)
+    assert ok["path_spread"] > 0.2  # real paths of one class start and end far apart
+    assert collapsed["path_spread"] < 0.02
+    assert collapsed["coherent_fraction"] == ok["coherent_fraction"] == 1.0
+    assert collapsed["strict_accuracy"] >= ok["strict_accuracy"] - 0.05
 
 
 def test_sfvd_features_of_a_hand_made_clip_and_the_reference():

@@ -43,6 +43,9 @@ METRICS: list[tuple[str, tuple[str, str], str]] = [
     ("sample_coherent_fraction", ("score", "coherent_fraction"), "samples showing exactly one object in nearly "
                                                                  "every frame, of stable area, moving without jumps"),
     ("sample_sfvd", ("score", "sfvd"), "sFVD of the samples against the validation clips (like gFVD)"),
+    ("sample_path_spread", ("score", "path_spread"), "how far apart two samples of one class start and end, over "
+                                                     "the frame size: low when they all take one path"),
+    ("real_path_spread", ("recon", "real_path_spread"), "the same for the real validation clips"),
     ("samples", ("score", "count"), "generated clips scored"),
     ("chance_accuracy", ("score", "chance"), "a random guess among the classes"),
     ("codebook_usage", ("recon", "codebook_usage"), "fraction of the codebook the validation clips use"),

@@ -196,7 +196,7 @@ class Demo:
     @torch.no_grad()
     def stage_recon(self) -> dict[str, Any]:
         from larp.eval.reconstruction import reconstruction_metrics
-        from larp.eval.synthetic import SyntheticReference, attribute_scores
+        from larp.eval.synthetic import SyntheticReference, attribute_scores, path_spread
 
         c = self.cfg
         # The CSV lists clip 0 of every class, then clip 1...: the first `classes` clips are one per class.
@@ -222,7 +222,9 @@ class Demo:
                 "recon_object_iou_median": m["object_iou_median"], "recon_object_psnr": m["object_psnr"],
                 "recon_background_psnr": m["background_psnr"], "recon_coherent_fraction": m["coherent_fraction"],
                 "recon_sfvd": m["sfvd"], "sfvd_real_floor": reference.sfvd(train_real),
-                "real_strict_accuracy": real["strict_accuracy"], "file": str(folder / "recon.safetensors")}
+                "real_strict_accuracy": real["strict_accuracy"],
+                "real_path_spread": path_spread(objects.real_analyses, result.labels),
+                "file": str(folder / "recon.safetensors")}
 
     def stage_tokens(self) -> dict[str, Any]:
         from larp.data.datasets import VideoCSVDataset

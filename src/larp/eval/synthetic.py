@@ -172,20 +172,43 @@ def attribute_scores(analyses: Sequence[ClipAnalysis], labels: Sequence[int],
     return out
 
 
+def path_spread(analyses: Sequence[ClipAnalysis], labels: Sequence[int]) -> float:
+    """How varied the objects' paths are within each class: the mean distance between two clips of one class
+    in (start centre, end centre), over the frame size, averaged over the classes. Samples that all take the
+    same path score low while every per-clip figure (and sFVD, which has no position feature) stays the same;
+    compare with the real clips' figure. Clips whose object shows in fewer than two frames are left out;
+    NaN when no class keeps two clips."""
+    if len(analyses) != len(labels):
+        raise ValueError(f"expected one label per clip, got {len(labels)} labels for {len(analyses)} clips")
+    ends: dict[int, list[np.ndarray]] = {}
+    for a, y in zip(analyses, labels, strict=True):
+        seen = a.centres[~np.isnan(a.centres[:, 0])]
+        if len(seen) >= 2:
+            ends.setdefault(int(y), []).append(np.concatenate([seen[0], seen[-1]]) / a.size)
+    per_class = []
+    for points in ends.values():
+        if len(points) >= 2:
+            p = np.stack(points)
+            d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))
+            per_class.append(d[~np.eye(len(p), dtype=bool)].mean())
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
 def sample_metrics(videos: torch.Tensor | Sequence[torch.Tensor], labels: Sequence[int] | torch.Tensor,
                    reference: SyntheticReference, rule: CoherenceRule = DEFAULT_RULE,
                    num_classes: int = 10) -> dict[str, object]:
     """Score generated clips (B, 3, T, H, W) in [0, 1] against their intended class labels.
 
     Returns strict_accuracy, colour/shape/motion_accuracy, class_accuracy (lenient: colour and motion),
-    coherent_fraction (see `CoherenceRule`), sfvd (against `reference`), per_class_strict (class -> strict
-    accuracy), per_class_coherent and the count of clips."""
+    coherent_fraction (see `CoherenceRule`), sfvd (against `reference`), path_spread (see `path_spread`),
+    per_class_strict (class -> strict accuracy), per_class_coherent and the count of clips."""
     labels = [int(y) for y in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     clips = [_numpy_video(v) for v in videos]
     analyses = [analyse_clip(c) for c in clips]
     out: dict[str, object] = dict(attribute_scores(analyses, labels, num_classes))
     out["coherent_fraction"] = float(np.mean([a.coherent(rule) for a in analyses]))
     out["sfvd"] = reference.sfvd(_as_features(clips, analyses)) if len(clips) >= 2 else float("nan")
+    out["path_spread"] = path_spread(analyses, labels)
     pairs = list(zip(analyses, labels, strict=True))
     out["per_class_strict"] = {k: float(np.mean([strict_correct(a, y) for a, y in pairs if y == k]))
                                for k in sorted(set(labels))}
