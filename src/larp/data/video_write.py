@@ -120,7 +120,7 @@ class MP4Writer:
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.pix_fmt = "yuv420p"
         # mbtree=0: x264's macroblock-tree made the bytes (and decoded pixels) of the same frames vary from
-        # one encode to the next; without it they do not, at a slightly larger file for the same crf.
+        # one encode to the next; without it they do not (the files grow: ~40 % on the synthetic clips at crf 18).
         options = {"crf": str(crf), "x264-params": "mbtree=0"}
         if threads is not None:
             if threads < 1:
