@@ -94,6 +94,18 @@ def test_sample_metrics_on_real_and_broken_sets(real_set):
     labels = [k % 10 for k in range(len(items))]
     ok = sample_metrics(real, labels, reference)
     assert ok["strict_accuracy"] >= 0.95 and ok["coherent_fraction"] == 1.0 and ok["count"] == 40
+    assert ok["empty_fraction"] == 0.0
+    # Backgrounds only (the object moved out of the frame) in every other clip; an object in 6 of 16 frames in
+    # one more.
+    def away(s: Scene, frames: int = 16) -> Scene:
+        o = s.objects[0]
+        return replace(s, objects=(replace(o, centres=np.where(np.arange(16)[:, None] < frames, -100.0, o.centres)),))
+
+    blank = [away(s) if k % 2 else s for k, s in enumerate(items)]
+    blank[2] = away(blank[2], frames=10)
+    empty = sample_metrics(render(blank), labels, reference)
+    assert empty["empty_fraction"] == pytest.approx(21 / 40)
+    assert empty["coherent_fraction"] <= 0.5 and empty["strict_accuracy"] <= 0.5
     assert ok["colour_accuracy"] == 1.0 and ok["motion_accuracy"] == 1.0
     assert set(ok["per_class_strict"]) == set(range(10))
     wrong_labels = [(y + 1) % 10 for y in labels]

@@ -42,6 +42,8 @@ METRICS: list[tuple[str, tuple[str, str], str]] = [
     ("sample_class_accuracy", ("score", "class_accuracy"), "lenient class of the samples (colour and motion)"),
     ("sample_coherent_fraction", ("score", "coherent_fraction"), "samples showing exactly one object in nearly "
                                                                  "every frame, of stable area, moving without jumps"),
+    ("sample_empty_fraction", ("score", "empty_fraction"), "samples showing no object in half of their frames "
+                                                            "or more (background only)"),
     ("sample_sfvd", ("score", "sfvd"), "sFVD of the samples against the validation clips (like gFVD)"),
     ("sample_path_spread", ("score", "path_spread"), "how far apart two samples of one class start and end, over "
                                                      "the frame size: low when they all take one path"),

@@ -200,13 +200,15 @@ def sample_metrics(videos: torch.Tensor | Sequence[torch.Tensor], labels: Sequen
     """Score generated clips (B, 3, T, H, W) in [0, 1] against their intended class labels.
 
     Returns strict_accuracy, colour/shape/motion_accuracy, class_accuracy (lenient: colour and motion),
-    coherent_fraction (see `CoherenceRule`), sfvd (against `reference`), path_spread (see `path_spread`),
-    per_class_strict (class -> strict accuracy), per_class_coherent and the count of clips."""
+    coherent_fraction (see `CoherenceRule`), empty_fraction (clips with no object in at least half of their
+    frames), sfvd (against `reference`), path_spread (see `path_spread`), per_class_strict (class -> strict
+    accuracy), per_class_coherent and the count of clips."""
     labels = [int(y) for y in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     clips = [_numpy_video(v) for v in videos]
     analyses = [analyse_clip(c) for c in clips]
     out: dict[str, object] = dict(attribute_scores(analyses, labels, num_classes))
     out["coherent_fraction"] = float(np.mean([a.coherent(rule) for a in analyses]))
+    out["empty_fraction"] = float(np.mean([(a.counts == 0).mean() >= 0.5 for a in analyses]))
     out["sfvd"] = reference.sfvd(_as_features(clips, analyses)) if len(clips) >= 2 else float("nan")
     out["path_spread"] = path_spread(analyses, labels)
     pairs = list(zip(analyses, labels, strict=True))
