@@ -85,7 +85,6 @@ def gradient_smallness(states: list[dict], names: list[str]) -> dict[str, torch.
     return smallness
 
 
-
 def assert_same_update(a: dict, b: dict, step_size: dict[str, float],
                        smallness: dict[str, torch.Tensor] | None = None) -> None:
     """Parameters within 0.5 % of one optimiser step of each other (Adam moves a weight by about its

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial.distance import pdist
 
 from larp.data.synthetic import (
     SALIENT_CHROMA,
@@ -185,12 +186,7 @@ def path_spread(analyses: Sequence[ClipAnalysis], labels: Sequence[int]) -> floa
         seen = a.centres[~np.isnan(a.centres[:, 0])]
         if len(seen) >= 2:
             ends.setdefault(int(y), []).append(np.concatenate([seen[0], seen[-1]]) / a.size)
-    per_class = []
-    for points in ends.values():
-        if len(points) >= 2:
-            p = np.stack(points)
-            d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))
-            per_class.append(d[~np.eye(len(p), dtype=bool)].mean())
+    per_class = [pdist(np.stack(points)).mean() for points in ends.values() if len(points) >= 2]
     return float(np.mean(per_class)) if per_class else float("nan")
 
 
