@@ -3,14 +3,15 @@
     python benchmarks/app_requests.py                # one torch thread
     python benchmarks/app_requests.py --threads 2
 
-The models are the presets the demo used when these were measured (larp-synthetic-64 tokenizer, ar-synthetic
-generator; the demo's larp-synthetic-64-clip has the same 64 tokens and widths) with random weights: the work
-per request does not depend on the weights. Each figure is the fastest of a few runs of
+The models are the demo's presets (the larp-synthetic-64-clip tokenizer, the ar-synthetic generator over its
+8,192 codes) with random weights, sampled with the demo's guidance and temperature: the work per request does
+not depend on the weights. Each figure is the fastest of a few runs of
 `larp.app.core` (what the page calls), files written included; `load1` is the machine's load when it started."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,6 +25,7 @@ from larp import LARPAR, LARPTokenizer, ar_preset, tokenizer_preset
 from larp.app import core
 from larp.data.synthetic import synthetic_clip
 from larp.data.video_io import write_mp4
+from larp.demo.pipeline import DemoConfig
 
 
 def fastest(fn, repeat: int) -> float:
@@ -42,10 +44,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"threads": args.threads, "load1": round(os.getloadavg()[0], 2), "torch": torch.__version__}
-    tok = LARPTokenizer(tokenizer_preset("larp-synthetic-64")).eval()
-    ar = LARPAR(ar_preset("ar-synthetic")).eval()
+    tok = LARPTokenizer(tokenizer_preset("larp-synthetic-64-clip")).eval()
+    ar = LARPAR(dataclasses.replace(ar_preset("ar-synthetic"), vocab_size=tok.codebook_size)).eval()
     names, synthetic = core.class_names(ar.config.num_classes, "synthetic")
-    models = core.AppModels(tok, "larp-synthetic-64", ar=ar, class_names=names, synthetic=synthetic)
+    demo = DemoConfig()
+    models = core.AppModels(tok, "larp-synthetic-64-clip", ar=ar, class_names=names, synthetic=synthetic,
+                            sampling=core.SamplingSettings(demo.cfg_scale, demo.temperature))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         demo_clip = core.demo_clips(models, out / "examples")[0]  # 32 frames of 64x64

@@ -4,7 +4,9 @@ gives one-line messages."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from larp.app import core
 from larp.data.synthetic import synthetic_class, synthetic_clip
 from larp.data.transforms import center_crop, resize_short_side
 from larp.data.video_io import read_video, to_tensor, write_mp4
+from larp.sample.defaults import DEFAULT_CFG_SCALE
 from larp.sample.generate import frame_prediction_condition, generate
 from larp.utils.errors import CheckpointError
 from larp.videos import VideoTokens, reconstruct_video, tokenize_video
@@ -102,6 +105,38 @@ def test_generate_refuses_bad_settings(models, model_dirs, tmp_path):
     with pytest.raises(ValueError, match="trained without a null class.*set guidance to 1"):
         core.generate_clips(unguided, 0, tmp_path, cfg_scale=3.0)
     assert core.generate_clips(unguided, 0, tmp_path, cfg_scale=1.0).classified_as is None
+    # Without a null class the default is no guidance, whatever the settings say.
+    unguided.sampling = core.SamplingSettings(cfg_scale=3.0, temperature=0.5)
+    expected = generate(unguided.ar, torch.zeros(1, dtype=torch.long), temperature=0.5,
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.equal(core.generate_clips(unguided, 0, tmp_path / "u").tokens, expected)
+
+
+def test_generate_defaults_to_the_models_sampling_settings(models, tmp_path):
+    assert models.sampling == core.SamplingSettings(DEFAULT_CFG_SCALE, 1.0)  # not a demo's model
+    ar = LARPAR(ar_preset("ar-tiny")).eval()
+    torch.nn.init.normal_(ar.output.weight, generator=torch.Generator().manual_seed(0))  # a fresh head is 0
+    plain_models = dataclasses.replace(models, ar=ar)
+    tuned = dataclasses.replace(plain_models, sampling=core.SamplingSettings(cfg_scale=1.5, temperature=0.5))
+    by_default = core.generate_clips(tuned, 2, tmp_path / "a", seed=3, num_samples=2)
+    explicit = core.generate_clips(plain_models, 2, tmp_path / "b", cfg_scale=1.5, temperature=0.5, seed=3,
+                                   num_samples=2)
+    plain = core.generate_clips(plain_models, 2, tmp_path / "c", seed=3, num_samples=2)
+    assert torch.equal(by_default.tokens, explicit.tokens) and not torch.equal(by_default.tokens, plain.tokens)
+
+
+def test_a_demo_models_sampling_settings_come_from_its_demo_json(model_dirs, tmp_path):
+    demo = tmp_path / "demo"
+    (demo / "ar").mkdir(parents=True)
+    shutil.copytree(model_dirs["ar"], demo / "ar" / "model")
+    (demo / "demo.json").write_text(json.dumps({"config": {"cfg_scale": 1.5, "temperature": 0.5, "top_k": 0}}))
+    loaded = core.load_models(model_dirs["tokenizer"], demo / "ar" / "model")
+    assert loaded.sampling == core.SamplingSettings(cfg_scale=1.5, temperature=0.5)
+    assert core.sampling_settings(str(model_dirs["ar"])) == core.SamplingSettings()  # outside a demo folder
+    (demo / "demo.json").write_text(json.dumps({"config": {"cfg_scale": 1.5}}))
+    with pytest.raises(ValueError, match=r"demo\.json should hold the demo's sampling settings \(config\.cfg_scale "
+                                         r"and config\.temperature\); found no key 'temperature'"):
+        core.load_models(model_dirs["tokenizer"], demo / "ar" / "model")
 
 
 def test_continue_conditions_on_the_first_frames(models, clip_file, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from larp.app import core
@@ -73,6 +75,15 @@ def test_build_page_lays_out_the_three_tabs(models, tmp_path):
     ids = {c.get("props", {}).get("elem_id") for c in page.config["components"]}
     assert {"recon-input", "recon-output", "recon-status", "recon-tokens", "gen-class", "gen-output",
             "fp-input", "fp-output"} <= ids
+    def sliders(built):
+        return [(c["props"]["label"].split(" (")[0], c["props"]["value"]) for c in built.config["components"]
+                if c.get("type") == "slider" and c["props"]["label"].startswith(("Guidance", "Temperature"))]
+
+    # Generate's guidance and temperature start at the models' sampling settings; Continue's temperature at 1.
+    start = models.sampling
+    assert sliders(page) == [("Guidance", start.cfg_scale), ("Temperature", start.temperature), ("Temperature", 1.0)]
+    tuned = dataclasses.replace(models, sampling=core.SamplingSettings(cfg_scale=1.5, temperature=0.5))
+    assert sliders(build_page(tuned, tmp_path / "t")) == [("Guidance", 1.5), ("Temperature", 0.5), ("Temperature", 1.0)]
     only_tokenizer = core.AppModels(models.tokenizer, "t")
     texts = [c.get("props", {}).get("value") for c in build_page(only_tokenizer, tmp_path / "b").config["components"]]
     assert "No class-conditional model is loaded: start `larp app` with `--ar_model`." in texts

@@ -8,10 +8,11 @@ work."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample import frame_prediction_condition, generate
 from larp.sample.condition import check_pair
-from larp.utils.errors import CheckpointError
+from larp.sample.defaults import DEFAULT_CFG_SCALE
+from larp.utils.errors import CheckpointError, one_line
 from larp.videos.tokens import DEFAULT_FPS, PSNRMeter, VideoTokens, iter_decode, tokenize_video
 
 Progress = Callable[[float, str], None]
@@ -51,6 +53,15 @@ def demo_model_paths(demo: str | Path = DEMO_DIR) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------------------------- models
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The Generate tab's starting guidance and temperature: a demo model's own settings (`larp demo` measured
+    them on its models), else the library's defaults."""
+
+    cfg_scale: float = DEFAULT_CFG_SCALE
+    temperature: float = 1.0
+
+
 @dataclass
 class AppModels:
     """The models the page uses: a tokenizer, and optionally a class-conditional and a frame-prediction model."""
@@ -63,6 +74,7 @@ class AppModels:
     fp_id: str = ""
     class_names: tuple[str, ...] = ()
     synthetic: bool = False  # the class names are the synthetic set's: its analytic classifier applies
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     @property
     def device(self) -> torch.device:
@@ -83,6 +95,21 @@ def _in_demo_folder(model_id: str) -> bool:
     """True for a model folder `<demo>/ar/model` of a `larp demo` run (the demo writes `<demo>/demo.json`)."""
     path = Path(model_id)
     return path.is_dir() and len(path.resolve().parents) > 1 and (path.resolve().parents[1] / "demo.json").is_file()
+
+
+def sampling_settings(model_id: str) -> SamplingSettings:
+    """The guidance and temperature `larp demo` sampled with, for a model inside a demo folder (read from its
+    demo.json); the library's defaults for any other model."""
+    if not _in_demo_folder(model_id):
+        return SamplingSettings()
+    state = Path(model_id).resolve().parents[1] / "demo.json"
+    try:
+        config = json.loads(state.read_text())["config"]
+        return SamplingSettings(float(config["cfg_scale"]), float(config["temperature"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        found = f"no key {exc}" if isinstance(exc, KeyError) else one_line(exc)
+        raise ValueError(f"{state} should hold the demo's sampling settings (config.cfg_scale and "
+                         f"config.temperature); found {found}") from exc
 
 
 def class_names(num_classes: int, mode: str = "index", model_id: str = "") -> tuple[tuple[str, ...], bool]:
@@ -116,6 +143,7 @@ def load_models(tokenizer: str | Path, ar_model: str | Path | None = None, fp_mo
         models.ar, models.ar_id = LARPAR.from_pretrained(str(ar_model), map_location=device), str(ar_model)
         _check_fit(tok, models.ar, str(ar_model), frame_prediction=False)
         models.class_names, models.synthetic = class_names(models.ar.config.num_classes, names, str(ar_model))
+        models.sampling = sampling_settings(str(ar_model))
     if fp_model:
         models.fp, models.fp_id = LARPAR.from_pretrained(str(fp_model), map_location=device), str(fp_model)
         _check_fit(tok, models.fp, str(fp_model), frame_prediction=True)
@@ -269,13 +297,17 @@ class Samples:
         return text
 
 
-def generate_clips(models: AppModels, class_index: int, out_dir: Path, *, cfg_scale: float = 3.0,
-                   temperature: float = 1.0, seed: int = 0, num_samples: int = 1,
+def generate_clips(models: AppModels, class_index: int, out_dir: Path, *, cfg_scale: float | None = None,
+                   temperature: float | None = None, seed: int = 0, num_samples: int = 1,
                    progress: Progress = _no_progress) -> Samples:
-    """Sample `num_samples` clips of a class with the class-conditional model and decode them."""
+    """Sample `num_samples` clips of a class with the class-conditional model and decode them; guidance and
+    temperature default to `models.sampling`."""
     if models.ar is None:
         raise ValueError("no class-conditional model is loaded: start `larp app` with --ar_model")
     ar, device = models.ar, models.device
+    if cfg_scale is None:  # a model trained without a null class has no guidance
+        cfg_scale = models.sampling.cfg_scale if ar.config.class_dropout_prob > 0 else 1.0
+    temperature = models.sampling.temperature if temperature is None else temperature
     if not 0 <= class_index < ar.config.num_classes:
         raise ValueError(f"the class must lie in 0..{ar.config.num_classes - 1}, got {class_index}")
     if not 1 <= num_samples <= MAX_SAMPLES:

@@ -146,9 +146,11 @@ def build_page(models: core.AppModels, work_dir: Path, max_frames: int = core.MA
                         with gr.Column():
                             cls = gr.Dropdown([(n, k) for k, n in enumerate(models.class_names)], value=0,
                                               label="Class", elem_id="gen-class")
-                            cfg = gr.Slider(1.0, 8.0, value=3.0 if guided else 1.0, step=0.25, interactive=guided,
-                                            label="Guidance (classifier-free; 1 = none)")
-                            temp = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+                            start = models.sampling
+                            cfg = gr.Slider(1.0, 8.0, value=start.cfg_scale if guided else 1.0, step=0.05,
+                                            interactive=guided, label="Guidance (classifier-free; 1 = none)")
+                            temp = gr.Slider(0.0, 2.0, value=start.temperature, step=0.05,
+                                             label="Temperature (0 = greedy)")
                             seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                             count = gr.Slider(1, core.MAX_SAMPLES, value=2, step=1, label="Samples")
                             gen = gr.Button("Generate", variant="primary", elem_id="gen-button")
