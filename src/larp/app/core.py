@@ -91,18 +91,21 @@ def _check_fit(tokenizer: LARPTokenizer, ar: LARPAR, name: str, frame_prediction
     check_pair(tokenizer, ar, f"({name})")
 
 
-def _in_demo_folder(model_id: str) -> bool:
-    """True for a model folder `<demo>/ar/model` of a `larp demo` run (the demo writes `<demo>/demo.json`)."""
+def _demo_state(model_id: str) -> Path | None:
+    """`<demo>/demo.json` for a model folder `<demo>/ar/model` of a `larp demo` run, else None."""
     path = Path(model_id)
-    return path.is_dir() and len(path.resolve().parents) > 1 and (path.resolve().parents[1] / "demo.json").is_file()
+    if not path.is_dir() or len(path.resolve().parents) < 2:
+        return None
+    state = path.resolve().parents[1] / "demo.json"
+    return state if state.is_file() else None
 
 
 def sampling_settings(model_id: str) -> SamplingSettings:
     """The guidance and temperature `larp demo` sampled with, for a model inside a demo folder (read from its
     demo.json); the library's defaults for any other model."""
-    if not _in_demo_folder(model_id):
+    state = _demo_state(model_id)
+    if state is None:
         return SamplingSettings()
-    state = Path(model_id).resolve().parents[1] / "demo.json"
     try:
         config = json.loads(state.read_text())["config"]
         return SamplingSettings(float(config["cfg_scale"]), float(config["temperature"]))
@@ -119,7 +122,7 @@ def class_names(num_classes: int, mode: str = "index", model_id: str = "") -> tu
     ...), "auto" (synthetic for a model inside a `larp demo` folder, else index), or a text file with one
     name per line."""
     if mode == "auto":
-        mode = "synthetic" if _in_demo_folder(model_id) and num_classes <= MAX_CLASSES else "index"
+        mode = "synthetic" if _demo_state(model_id) is not None and num_classes <= MAX_CLASSES else "index"
     if mode == "synthetic":
         return tuple(c.name for c in synthetic_classes(num_classes)), True
     if mode == "index":
@@ -305,14 +308,15 @@ def generate_clips(models: AppModels, class_index: int, out_dir: Path, *, cfg_sc
     if models.ar is None:
         raise ValueError("no class-conditional model is loaded: start `larp app` with --ar_model")
     ar, device = models.ar, models.device
-    if cfg_scale is None:  # a model trained without a null class has no guidance
-        cfg_scale = models.sampling.cfg_scale if ar.config.class_dropout_prob > 0 else 1.0
+    guided = ar.config.class_dropout_prob > 0  # a model trained without a null class has no guidance
+    if cfg_scale is None:
+        cfg_scale = models.sampling.cfg_scale if guided else 1.0
     temperature = models.sampling.temperature if temperature is None else temperature
     if not 0 <= class_index < ar.config.num_classes:
         raise ValueError(f"the class must lie in 0..{ar.config.num_classes - 1}, got {class_index}")
     if not 1 <= num_samples <= MAX_SAMPLES:
         raise ValueError(f"the number of samples must lie in 1..{MAX_SAMPLES}, got {num_samples}")
-    if cfg_scale != 1.0 and ar.config.class_dropout_prob <= 0:
+    if cfg_scale != 1.0 and not guided:
         raise ValueError("this model was trained without a null class, so it has no guidance: set guidance to 1")
     t0 = time.perf_counter()
     g = _generator(seed, device)
