@@ -123,6 +123,19 @@ def test_frame_prediction_condition_pads_by_repeating_the_last_frame():
         frame_prediction_condition(tok, torch.rand(1, 3, 9, 32, 32))
 
 
+@pytest.mark.parametrize("dropout, fp, null", [(0.1, False, True), (0.0, False, False), (0.1, True, False)])
+def test_has_null_class_matches_the_class_table(dropout, fp, null):
+    cfg = ar_preset("ar-tiny")
+    cfg.class_dropout_prob, cfg.frame_prediction = dropout, fp
+    cfg.cls_token_num = cfg.max_seq_len + 1 if fp else 1
+    model = LARPAR(cfg)
+    assert cfg.has_null_class is null
+    if not fp:  # class-conditional: the table has a row for the null class exactly when the config says so
+        assert model.cls_embedding.embedding_table.num_embeddings == cfg.num_classes + int(null)
+    else:
+        assert model.cls_embedding is None
+
+
 def test_sizes_and_config_validation():
     cfg = ar_config("LP", num_classes=101)
     assert (cfg.n_layer, cfg.n_head, cfg.dim) == (30, 20, 1280)

@@ -308,7 +308,7 @@ def generate_clips(models: AppModels, class_index: int, out_dir: Path, *, cfg_sc
     if models.ar is None:
         raise ValueError("no class-conditional model is loaded: start `larp app` with --ar_model")
     ar, device = models.ar, models.device
-    guided = ar.config.class_dropout_prob > 0  # a model trained without a null class has no guidance
+    guided = ar.config.has_null_class  # a model trained without a null class has no guidance
     if cfg_scale is None:
         cfg_scale = models.sampling.cfg_scale if guided else 1.0
     temperature = models.sampling.temperature if temperature is None else temperature

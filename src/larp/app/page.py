@@ -141,7 +141,7 @@ def build_page(models: core.AppModels, work_dir: Path, max_frames: int = core.MA
                 if models.ar is None:
                     gr.Markdown("No class-conditional model is loaded: start `larp app` with `--ar_model`.")
                 else:
-                    guided = models.ar.config.class_dropout_prob > 0
+                    guided = models.ar.config.has_null_class
                     with gr.Row():
                         with gr.Column():
                             cls = gr.Dropdown([(n, k) for k, n in enumerate(models.class_names)], value=0,

@@ -211,7 +211,7 @@ class LARPAR(HubModelMixin, nn.Module):
                 if lo < 0 or hi >= cfg.vocab_size:
                     raise ValueError(f"expected {expected}, got codes in [{lo}, {hi}]")
             return
-        top = cfg.num_classes + (1 if allow_null and cfg.class_dropout_prob > 0 else 0)
+        top = cfg.num_classes + (1 if allow_null and cfg.has_null_class else 0)
         expected = f"an integer tensor (B,) of class ids in [0, {top})"
         if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.ndim != 1:
             got = f"shape {tuple(cond.shape)} dtype {cond.dtype}" if isinstance(cond, torch.Tensor) else type(cond).__name__

@@ -319,6 +319,12 @@ class ARConfig:
     def separator_id(self) -> int:
         return self.vocab_size
 
+    @property
+    def has_null_class(self) -> bool:
+        """Whether the class table ends with a null class (a class-conditional model trained with label
+        dropout): classifier-free guidance needs it."""
+        return not self.frame_prediction and self.class_dropout_prob > 0
+
     def to_json_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

@@ -76,7 +76,7 @@ def guided_condition(model: LARPAR, cond: torch.Tensor, cfg_scale: float) -> tup
     models, cfg_scale != 1) the null class is appended, so both halves run as one batch."""
     if cfg_scale == 1.0 or model.config.frame_prediction:
         return cond, False
-    if model.config.class_dropout_prob <= 0:
+    if not model.config.has_null_class:
         raise ValueError("classifier-free guidance needs a model trained with a null class "
                          "(class_dropout_prob > 0)")
     return torch.cat([cond, torch.full_like(cond, model.null_class)]), True

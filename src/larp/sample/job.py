@@ -181,7 +181,7 @@ def check_models_fit(tokenizer: LARPTokenizer, ar: LARPAR, cfg: SampleConfig) ->
     if cfg.fp and not 1 <= cfg.num_cond_frames < frames:
         raise ValueError(f"--num_cond_frames must be in [1, {frames - 1}] for this {frames}-frame tokenizer, "
                          f"got {cfg.num_cond_frames}")
-    if not cfg.fp and cfg.cfg_scale != 1.0 and a.class_dropout_prob <= 0:
+    if not cfg.fp and cfg.cfg_scale != 1.0 and not a.has_null_class:
         raise ValueError(f"--cfg_scale {cfg.cfg_scale} needs a model trained with a null class "
                          f"(class_dropout_prob > 0); {cfg.ar_model} has none, use --cfg_scale 1")
 

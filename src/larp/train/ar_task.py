@@ -145,7 +145,7 @@ class ARTask:
             correct += float((logits.argmax(-1) == tokens).sum())
             count += tokens.numel()
             cond_first = cond[:4] if cond_first is None else cond_first
-        sample_cfg = 1.0 if self.fp else 1.5 if self.model.config.class_dropout_prob > 0 else 1.0
+        sample_cfg = 1.5 if self.model.config.has_null_class else 1.0
         samples = generate(model, cond_first, cfg_scale=sample_cfg,
                            generator=torch.Generator(self.ctx.device).manual_seed(step))
         videos = self.tokenizer.decode(samples).float().clamp(0, 1).cpu()
