@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# siblings in this folder, which is on sys.path when the script runs
+from prior_ablation_state import CellState, Results, run_stages, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "prior_ablation.json"
 PLOT = REPO / "docs" / "images" / "prior_ablation.png"
@@ -172,104 +175,6 @@ def recipe_hash(recipes: dict[str, Any], base: dict[str, Any]) -> str:
     rest = {k: v for k, v in base.items() if k not in ("tokenizer", "ar")}
     text = json.dumps({"recipes": shared, "settings": rest}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------ bookkeeping
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
-class Results:
-    """benchmarks/results/prior_ablation.json: one row per finished cell under `cells` (reruns and probes
-    under their own keys), all of one base recipe (`recipe_hash`). Rows are added under a file lock, so that
-    several workers can share the file."""
-
-    KINDS = ("cells", "reruns", "probes")
-
-    def __init__(self, path: Path, recipe_hash: str, base: dict[str, Any]):
-        self.path, self.hash, self.base = path, recipe_hash, base
-        self.data = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        old = data.get("recipe_hash")
-        if old is not None and old != self.hash and any(data.get(k) for k in ("cells", "reruns")):
-            raise SystemExit(f"{self.path} holds rows of another base recipe ({old}; this one is {self.hash}): "
-                             "move it away or pass --results to write elsewhere")
-        data["recipe_hash"] = self.hash
-        data["base_recipe"] = self.base
-        for key in self.KINDS:
-            data.setdefault(key, [])
-        return data
-
-    def done(self, kind: str, name: str) -> dict[str, Any] | None:
-        self.data = self._read()
-        return next((r for r in self.data[kind] if r["cell"] == name), None)
-
-    def add(self, kind: str, row: dict[str, Any], git_commit: bool = False) -> None:
-        import fcntl
-
-        if kind != "probes" and row["recipe_hash"] != self.hash:
-            raise ValueError(f"row {row['cell']} has recipe {row['recipe_hash']}, the results {self.hash}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.data = self._read()
-            self.data[kind] = [r for r in self.data[kind] if r["cell"] != row["cell"]] + [row]
-            order = {"on": 1, "off": 0}
-            self.data[kind].sort(key=lambda r: (r["tokens"], order[r["prior"]], r["seed"], r["cell"]))
-            _write_json(self.path, self.data)
-            if git_commit:
-                git_commit_file(self.path, f"Prior ablation: {kind[:-1]} {row['cell']} finished")
-
-
-def git_commit_file(path: Path, message: str) -> None:
-    """Commit this one file (retrying while another git command holds the index)."""
-    for _ in range(30):
-        add = subprocess.run(["git", "add", str(path)], cwd=REPO, capture_output=True, text=True)
-        if add.returncode == 0:
-            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", str(path)], cwd=REPO,
-                                  capture_output=True, text=True)
-            if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
-                return
-        time.sleep(5)
-    print(f"warning: could not commit {path}", file=sys.stderr)
-
-
-class CellState:
-    """<cell folder>/state.json: the recipe hash the cell was started with and the results of its stages."""
-
-    def __init__(self, folder: Path, recipe_hash: str):
-        self.file = folder / "state.json"
-        self.state = json.loads(self.file.read_text()) if self.file.exists() else {"recipe_hash": recipe_hash,
-                                                                                    "stages": {}}
-        if self.state["recipe_hash"] != recipe_hash:
-            raise SystemExit(f"{folder} was started with recipe {self.state['recipe_hash']}, not {recipe_hash}: "
-                             "delete the folder to redo the cell")
-
-    def get(self, stage: str) -> dict[str, Any] | None:
-        return self.state["stages"].get(stage)
-
-    def put(self, stage: str, info: dict[str, Any]) -> None:
-        self.state["stages"][stage] = info
-        _write_json(self.file, self.state)
-
-
-def run_stages(state: CellState, stages: list[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Run the stages not finished yet (each a function returning a dict), timing each; return all results."""
-    for name, fn in stages:
-        if state.get(name) is not None:
-            continue
-        t0, c0 = time.perf_counter(), time.process_time()
-        info = fn()
-        info["seconds"] = round(time.perf_counter() - t0, 1)
-        info["cpu_seconds"] = round(time.process_time() - c0, 1)
-        state.put(name, info)
-        print(f"  {name}: {json.dumps(info)[:300]}", flush=True)
-    return {name: state.get(name) for name, _ in stages}
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -456,7 +361,7 @@ def run_cell(cell: Cell, folder: Path, root: Path, base: dict[str, Any], data: d
     recipes = resolved_recipes(tok_o, ar_o)
     h = recipe_hash(recipes, base)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "recipes.json", recipes)
+    write_json(folder / "recipes.json", recipes)
     state = CellState(folder, h)
     stages = [("tokenizer", lambda: stage_train("tokenizer", tok_o)), ("recon", lambda: stage_recon(folder, ev)),
               ("tokens", lambda: stage_tokens(folder, data, base, cell.seed)),
@@ -527,7 +432,7 @@ def prepare_data(root: Path, base: dict[str, Any]) -> dict[str, str]:
         raise SystemExit(f"{folder} holds a dataset of other settings: use another --root")
     paths = write_synthetic_dataset(folder, **base["data"])
     info = {"settings": base["data"], "paths": {k: str(v) for k, v in paths.items()}}
-    _write_json(marker, info)
+    write_json(marker, info)
     return info["paths"]
 
 
@@ -565,126 +470,6 @@ def command_run(args: argparse.Namespace) -> None:
         print(f"[{cell.id}] row: {json.dumps(row)[:400]}", flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ report
-def summary(rows: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, list[float]]]:
-    """(tokens, arm) -> metric -> values over seeds."""
-    out: dict[tuple[int, str], dict[str, list[float]]] = {}
-    for r in rows:
-        vals = {"psnr": r["recon"].get("psnr"), "object_psnr": r["recon"].get("object_psnr"),
-                "object_iou": r["recon"].get("object_iou"), "recon_strict": r["recon"].get("strict_accuracy"),
-                "prior_top1": r["prior_eval"].get("prior_top1"), "prior_ce": r["prior_eval"].get("prior_ce"),
-                "prior_cos": r["prior_eval"].get("prior_cos"),
-                "ar_nll": r["ar"].get("val_nll"), "unigram_nll": r["ar"].get("unigram_nll"),
-                "sfvd": r["samples"].get("sfvd"), "strict": r["samples"].get("strict_accuracy"),
-                "coherent": r["samples"].get("coherent_fraction"), "minutes": r["seconds"]["total"] / 60}
-        cell = out.setdefault((r["tokens"], r["prior"]), {})
-        for k, v in vals.items():
-            if v is not None:
-                cell.setdefault(k, []).append(v)
-    return out
-
-
-def _fmt(values: list[float], digits: int, pct: bool = False) -> str:
-    if not values:
-        return "–"
-    scale = 100 if pct else 1
-    mean = sum(values) / len(values) * scale
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    half = (max(values) - min(values)) / 2 * scale
-    return f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    s = summary(rows)
-    cols = [("recon PSNR (dB)", "psnr", 2, False), ("object PSNR (dB)", "object_psnr", 2, False),
-            ("object IoU", "object_iou", 3, False), ("prior top-1 (%)", "prior_top1", 1, True),
-            ("prior CE (nats)", "prior_ce", 2, False), ("prior cos", "prior_cos", 2, False), ("AR val NLL (nats/token)", "ar_nll", 3, False),
-            ("unigram NLL", "unigram_nll", 2, False), ("sample sFVD", "sfvd", 2, False),
-            ("strict acc. (%)", "strict", 1, True), ("coherent (%)", "coherent", 1, True),
-            ("minutes", "minutes", 0, False)]
-    lines = ["| tokens | prior | seeds | " + " | ".join(c[0] for c in cols) + " |",
-             "|---|---|---|" + "---|" * len(cols)]
-    for (n, arm), m in sorted(s.items(), key=lambda kv: (kv[0][0], kv[0][1] == "on")):
-        lines.append(f"| {n} | {arm} | {len(m.get('sfvd', m['psnr']))} | "
-                     + " | ".join(_fmt(m.get(k, []), d, p) for _, k, d, p in cols) + " |")
-    return "\n".join(lines)
-
-
-def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """Per token count: is sFVD lower with the prior by more than the seeds' spread (no overlap of the
-    seeds' values), and is PSNR within 0.5 dB?"""
-    s, out = summary(rows), []
-    for n in sorted({k[0] for k in s}):
-        on, off = s.get((n, "on"), {}), s.get((n, "off"), {})
-        if not on.get("sfvd") or not off.get("sfvd"):
-            continue
-        mean = {k: sum(v) / len(v) for k, v in (("on", on["sfvd"]), ("off", off["sfvd"]))}
-        one_seed = min(len(on["sfvd"]), len(off["sfvd"])) < 2
-        separated = "n/a (one seed: no spread)" if one_seed else ("yes" if max(on["sfvd"]) < min(off["sfvd"]) else "no")
-        dpsnr = sum(on["psnr"]) / len(on["psnr"]) - sum(off["psnr"]) / len(off["psnr"])
-        out.append(f"{n} tokens: sFVD {mean['off']:.2f} without the prior, {mean['on']:.2f} with it; lower with "
-                   f"the prior beyond the seeds' spread: {separated}; PSNR with - without "
-                   f"{dpsnr:+.2f} dB ({'within' if abs(dpsnr) <= 0.5 else 'outside'} 0.5 dB)")
-    return out
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = summary(rows)
-    panels = [("sfvd", "sample sFVD (lower is better)"), ("ar_nll", "AR validation NLL (nats/token)"),
-              ("psnr", "reconstruction PSNR (dB)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for arm, colour, label in (("off", "tab:grey", "prior off (weight 0)"), ("on", "tab:blue", "prior on")):
-            pts = sorted((n, v[key]) for (n, a), v in s.items() if a == arm and v.get(key))
-            if not pts:
-                continue
-            ns = [n for n, _ in pts]
-            means = [sum(v) / len(v) for _, v in pts]
-            lo = [m - min(v) for m, (_, v) in zip(means, pts, strict=True)]
-            hi = [max(v) - m for m, (_, v) in zip(means, pts, strict=True)]
-            shift = [n * (1.04 if arm == "on" else 0.96) for n in ns]  # side by side, visible bars
-            ax.errorbar(shift, means, yerr=[lo, hi], marker="o", capsize=4, color=colour, label=label)
-            for (_, v), x in zip(pts, shift, strict=True):
-                ax.scatter([x] * len(v), v, s=10, color=colour, alpha=0.5)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({k[0] for k in s}), [str(n) for n in sorted({k[0] for k in s})])
-        ax.set_xlabel("tokens per clip")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Prior ablation on the synthetic set (mean, range over seeds, and each seed)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
-def command_report(args: argparse.Namespace) -> None:
-    data = json.loads(Path(args.results).read_text())
-    rows = data["cells"]
-    print(table(rows))
-    print()
-    print("\n".join(verdicts(rows)))
-    if data["reruns"]:
-        first = {r["cell"]: r for r in rows}
-        print("\nreruns (first run -> rerun):")
-        for r in data["reruns"]:
-            f = first.get(r["cell"])
-            if f:
-                print(f"{r['cell']}: PSNR {f['recon']['psnr']:.2f} -> {r['recon']['psnr']:.2f}, AR NLL "
-                      f"{f['ar']['val_nll']:.3f} -> {r['ar']['val_nll']:.3f}, sFVD {f['samples']['sfvd']:.2f} -> "
-                      f"{r['samples']['sfvd']:.2f}, strict {f['samples']['strict_accuracy']:.3f} -> "
-                      f"{r['samples']['strict_accuracy']:.3f}")
-    if rows and not args.no_plot:
-        plot(rows, Path(args.plot))
-        print(f"\nplot: {args.plot}")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -711,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     if args.command == "report":
+        from prior_ablation_report import command_report
+
         return command_report(args)
     root = Path(args.root)
     if CHILD_ENV not in os.environ:  # re-run this script on the pinned library

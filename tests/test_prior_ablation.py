@@ -10,19 +10,36 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "prior_ablation.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def pa():
-    spec = importlib.util.spec_from_file_location("prior_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    """The script and the siblings it imports, as `python benchmarks/prior_ablation.py` finds them."""
+    names = ("prior_ablation", "prior_ablation_state", "prior_ablation_report")
+    sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield _load("prior_ablation")
     finally:
-        sys.modules.pop(spec.name, None)
+        sys.path.remove(str(BENCHMARKS))
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def report():
+    try:
+        yield _load("prior_ablation_report")
+    finally:
+        sys.modules.pop("prior_ablation_report", None)
 
 
 DATA = {"train": "/data/train.csv", "val": "/data/val.csv"}
@@ -117,17 +134,17 @@ def test_a_cell_resumes_after_its_last_finished_stage(pa, tmp_path):
         pa.CellState(tmp_path, "h2")
 
 
-def test_report_table_and_verdicts(pa):
+def test_report_table_and_verdicts(pa, report):
     rows = [_row(pa, pa.Cell(64, prior, s), sfvd=v, psnr=p) for prior, s, v, p in
             ((False, 0, 5.0, 24.0), (False, 1, 7.0, 24.2), (True, 0, 3.0, 23.8), (True, 1, 4.0, 23.9))]
     rows += [_row(pa, pa.Cell(16, prior, 0), sfvd=v) for prior, v in ((False, 2.0), (True, 2.5))]
-    assert pa.verdicts(rows) == [
+    assert report.verdicts(rows) == [
         "16 tokens: sFVD 2.00 without the prior, 2.50 with it; lower with the prior beyond the seeds' spread: "
         "n/a (one seed: no spread); "
         "PSNR with - without +0.00 dB (within 0.5 dB)",
         "64 tokens: sFVD 6.00 without the prior, 3.50 with it; lower with the prior beyond the seeds' spread: yes; "
         "PSNR with - without -0.25 dB (within 0.5 dB)"]
-    lines = pa.table(rows).splitlines()
+    lines = report.table(rows).splitlines()
     assert lines[2].startswith("| 16 | off | 1 | 24.00 |")
     assert lines[4].startswith("| 64 | off | 2 | 24.10 ± 0.10 |")
     assert "| 6.00 ± 1.00 | 50.0 ± 0.0 |" in lines[4]
