@@ -54,7 +54,10 @@ def write_tokenizer(folder: Path, preset: str) -> Path:
     from larp import LARPTokenizer, tokenizer_preset
 
     torch.manual_seed(0)
-    return LARPTokenizer(tokenizer_preset(preset)).save_pretrained(folder)
+    model = LARPTokenizer(tokenizer_preset(preset))
+    # zero-initialised, every reconstruction would be the same constant and the precisions could not differ
+    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)
+    return model.save_pretrained(folder)
 
 
 # -------------------------------------------------------------------------------------- child process
@@ -120,6 +123,7 @@ def child_tokenizer(spec: dict[str, Any]) -> dict[str, Any]:
         model = Reference(**config)
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         model.eval()
+        model.set_vq_eval_deterministic(True)  # its evaluation's --det: argmax codes, as larp encodes
 
         def run() -> torch.Tensor:
             with torch.no_grad():
@@ -135,10 +139,10 @@ def child_tokenizer(spec: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad(), autocast(torch.device("cpu"), dtype):
                 return model.decode(model.encode(video))
     out = _timed(run)
-    recon = out.pop("result").float().clamp(0, 1)
-    out["psnr_db"] = float(-10 * torch.log10(((recon - video) ** 2).mean()))
-    if spec.get("save_recon"):
-        torch.save(recon, spec["save_recon"])
+    raw = out.pop("result").float()
+    out["psnr_db"] = float(-10 * torch.log10(((raw.clamp(0, 1) - video) ** 2).mean()))
+    if spec.get("save_recon"):  # unclamped: the clamp would hide differences outside [0, 1]
+        torch.save(raw, spec["save_recon"])
     return out
 
 
@@ -294,17 +298,23 @@ def main() -> None:
                 report["larp"][v].append(spawn(spec, tmp, args.timeout))
                 print(f"repeat {r}: larp {v}: {report['larp'][v][-1]}", file=sys.stderr)
             for v in report["reference"]:
-                report["reference"][v].append(spawn({**base, "impl": "reference", "variant": v}, tmp, args.timeout))
+                spec = {**base, "impl": "reference", "variant": v}
+                if not is_ar and r == 0:
+                    spec["save_recon"] = str(tmp / f"reference_recon_{v}.pt")
+                report["reference"][v].append(spawn(spec, tmp, args.timeout))
                 print(f"repeat {r}: reference {v}: {report['reference'][v][-1]}", file=sys.stderr)
         for side in ("larp", "reference"):
             report[side] = {v: summary(runs) for v, runs in report[side].items()}
         if args.reference:
             for v in variants:
                 compare(report, v, "eager" if is_ar and v != "bfloat16" else ("bfloat16" if is_ar else "float32"))
-        if not is_ar and (tmp / "recon_float32.pt").exists() and (tmp / "recon_bfloat16.pt").exists():
-            a = torch.load(tmp / "recon_float32.pt", weights_only=True)
-            b = torch.load(tmp / "recon_bfloat16.pt", weights_only=True)
-            report["bfloat16_vs_float32_psnr_db"] = float(-10 * torch.log10(((a - b) ** 2).mean()))
+        # the same clips through the same weights: how far the other runs' outputs are from larp's float32
+        for key, other in (("bfloat16_vs_float32", "recon_bfloat16.pt"),
+                           ("reference_vs_larp_float32", "reference_recon_float32.pt")):
+            if not is_ar and (tmp / "recon_float32.pt").exists() and (tmp / other).exists():
+                a = torch.load(tmp / "recon_float32.pt", weights_only=True)
+                b = torch.load(tmp / other, weights_only=True)
+                report[f"{key}_relative_error"] = float((a - b).norm() / a.norm())
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
