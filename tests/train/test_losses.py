@@ -24,6 +24,7 @@ from larp.train.losses import (
     d_loss_hinge,
     d_loss_smoothed_bce,
     discriminator_loss,
+    from_reference_disc_name,
     g_loss_hinge,
     g_loss_non_saturating,
     generator_adversarial_loss,
@@ -123,7 +124,11 @@ def test_smoothed_bce_reproduces_targets_by_hand():
     t_fake = [min(abs(0.15 * n), 0.3) for n in n_fake]
     real_term = sum(_bce(x, t) for x, t in zip(real.tolist(), t_real, strict=True)) / 3
     fake_term = sum(_bce(x, t) for x, t in zip(fake.tolist(), t_fake, strict=True)) / 2
-    assert loss.item() == pytest.approx(0.5 * (real_term + fake_term), rel=1e-6)
+    assert loss.item() == pytest.approx(real_term + fake_term, rel=1e-6)  # summed, as the reference
+    # Given standard normals (a replayed draw) give the same targets as the generator's.
+    g = torch.Generator().manual_seed(7)
+    noise = (torch.randn(3, generator=g), torch.randn(2, generator=g))
+    assert d_loss_smoothed_bce(real, fake, noise=noise).item() == pytest.approx(loss.item(), rel=1e-7)
     # The same seed gives the same loss; another seed another one.
     assert d_loss_smoothed_bce(real, fake, torch.Generator().manual_seed(7)).item() == loss.item()
     assert d_loss_smoothed_bce(real, fake, torch.Generator().manual_seed(8)).item() != loss.item()
@@ -156,21 +161,23 @@ def test_hinge_and_non_saturating_values():
 
 
 def test_lecam_ema_and_penalty_after_two_updates():
-    lecam = LeCam()  # decay 0.999
-    lecam.update(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0]))  # the first copies: 2, -2
-    assert (lecam.ema_real.item(), lecam.ema_fake.item()) == (2.0, -2.0)
-    real, fake = torch.tensor([4.0, 6.0]), torch.tensor([0.0, 2.0])
-    lecam.update(real, fake)  # means 5 and 1
-    ema_real, ema_fake = 0.999 * 2 + 0.001 * 5, 0.999 * -2 + 0.001 * 1  # 2.003, -1.997
+    lecam = LeCam()  # decay 0.999, both averages start at 0
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0])
+    # The penalty uses the averages before the update: relu(2 - 0)^2 + relu(0 - (-2))^2 = 8.
+    assert lecam.penalty(real, fake).item() == pytest.approx(8.0)
+    lecam.update(real.mean(), fake.mean())
+    assert lecam.ema_real.item() == pytest.approx(0.002) and lecam.ema_fake.item() == pytest.approx(-0.002)
+    real, fake = torch.tensor([4.0, 6.0]), torch.tensor([0.0, 2.0])  # means 5 and 1
+    # relu(5 - (-0.002))^2 + relu(0.002 - 1)^2 = 5.002^2 + 0
+    assert lecam.penalty(real, fake).item() == pytest.approx(5.002**2, rel=1e-6)
+    lecam.update(real, fake)  # logits are averaged first
+    ema_real, ema_fake = 0.999 * 0.002 + 0.001 * 5, 0.999 * -0.002 + 0.001 * 1
     assert lecam.ema_real.item() == pytest.approx(ema_real)
     assert lecam.ema_fake.item() == pytest.approx(ema_fake)
-    # relu(real - ema_fake) = [5.997, 7.997]; relu(ema_real - fake) = [2.003, 0.003]
-    expected = (5.997**2 + 7.997**2) / 2 + (2.003**2 + 0.003**2) / 2
-    assert lecam.penalty(real, fake).item() == pytest.approx(expected, rel=1e-6)
     # Buffers: the EMAs are checkpointed and restored.
     restored = LeCam()
     restored.load_state_dict(lecam.state_dict())
-    assert restored.penalty(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    assert restored.penalty(real, fake).item() == pytest.approx(lecam.penalty(real, fake).item(), rel=1e-7)
     assert restored.num_updates.item() == 2
     with pytest.raises(ValueError, match=r"decay must be in \[0, 1\), got 1.0"):
         LeCam(1.0)
@@ -212,8 +219,8 @@ def test_discriminator_shape_and_time_order():
 def test_discriminator_matches_its_definition():
     disc = VideoDiscriminator(SMALL).eval()
     video = torch.rand(2, 3, 4, 8, 8)
-    # By hand: patches of the [-1, 1] video + fixed PE, CLS first without PE, blocks, norm, head on CLS.
-    x = disc.patch_embed.proj(video * 2 - 1).flatten(2).transpose(1, 2) + sincos_3d(32, 2, 2, 2)
+    # By hand: patches of the [0, 1] video as it is + fixed PE, CLS first without PE, blocks, norm, head on CLS.
+    x = disc.patch_embed.proj(video).flatten(2).transpose(1, 2) + sincos_3d(32, 2, 2, 2)
     x = torch.cat([disc.cls_token.expand(2, -1, -1), x], dim=1)
     for block in disc.blocks:
         x = block(x)
@@ -222,6 +229,26 @@ def test_discriminator_matches_its_definition():
     assert all(b.attn.qkv.bias is None for b in disc.blocks)  # qkv bias off
     assert "pos_embed" not in disc.state_dict()  # fixed, rebuilt from the config
     assert disc.cls_token.shape == (1, 1, 32)
+
+
+def test_discriminator_reads_the_reference_names():
+    disc = VideoDiscriminator(SMALL)
+    names = {"patch_embed.proj.weight": "x_embedder.proj.weight", "blocks.1.mlp.fc2.bias":
+             "transformer_encoder.blocks.1.mlp.fc2.bias", "norm.weight": "norm_final.weight", "head.bias": "fc.bias",
+             "cls_token": "cls_token"}
+    for ours, theirs in names.items():
+        assert from_reference_disc_name(theirs) == ours
+    # A reference state dict: larp's tensors (plus 1) under the reference's names.
+    theirs = {k.replace("patch_embed.", "x_embedder.").replace("blocks.", "transformer_encoder.blocks.")
+              .replace("norm.", "norm_final.").replace("head.", "fc."): v + 1 for k, v in disc.state_dict().items()}
+    other = VideoDiscriminator(SMALL)
+    other.load_reference_state_dict({**theirs, "encoder_pos_embed": sincos_3d(32, 2, 2, 2)})
+    for name, value in disc.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[name], value + 1)
+    with pytest.raises(ValueError, match="encoder_pos_embed of the reference discriminator is not"):
+        other.load_reference_state_dict({**theirs, "encoder_pos_embed": torch.zeros(1, 8, 32)})
+    with pytest.raises(ValueError, match="missing.*fc.weight|missing.*head.weight"):
+        other.load_reference_state_dict({k: v for k, v in theirs.items() if k != "fc.weight"})
 
 
 def test_discriminator_bad_input_and_config():

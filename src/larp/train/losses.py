@@ -148,8 +148,10 @@ class DiscriminatorConfig:
 class VideoDiscriminator(nn.Module):
     """Transformer over 3-D patches with a learned CLS token; (B, C, T, H, W) in [0, 1] -> (B,) logits.
 
-    Patches get the fixed 3-D sin-cos embedding of the tokenizer; the CLS token (first position) gets none.
-    Pre-norm ViT blocks (qkv without bias), then LayerNorm and Linear -> 1 on the CLS token."""
+    The videos go in as they are, in [0, 1] (real clips and the raw, unclamped reconstructions), as in the
+    reference training. Patches get the fixed 3-D sin-cos embedding of the tokenizer; the CLS token (first
+    position) gets none. Pre-norm ViT blocks (qkv without bias), then LayerNorm and Linear -> 1 on the CLS
+    token. `load_reference_state_dict` reads a discriminator saved by the reference implementation."""
 
     def __init__(self, config: DiscriminatorConfig | None = None):
         super().__init__()
@@ -165,7 +167,7 @@ class VideoDiscriminator(nn.Module):
 
     def _init_weights(self) -> None:
         init_vit_weights_(self, self.patch_embed)  # the tokenizer's initialisation
-        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.xavier_uniform_(self.cls_token)  # as the reference
 
     def forward(self, video: Tensor) -> Tensor:
         c = self.config
@@ -173,11 +175,42 @@ class VideoDiscriminator(nn.Module):
         if video.dim() != 5 or tuple(video.shape[1:]) != expected:
             raise ValueError(f"VideoDiscriminator expects (B, {c.in_channels}, {c.frames}, {c.size}, {c.size}) "
                              f"videos in [0, 1], got {tuple(video.shape)}")
-        x = self.patch_embed(video * 2.0 - 1.0) + self.pos_embed  # (B, Np, D)
+        x = self.patch_embed(video) + self.pos_embed  # (B, Np, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x[:, 0])).squeeze(-1)
+
+    def load_reference_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load weights named as the reference's `TransformerDiscriminator` (`x_embedder.proj`,
+        `transformer_encoder.blocks.{i}`, `norm_final`, `fc`, `cls_token`, and the fixed `encoder_pos_embed`,
+        which must equal this model's own table)."""
+        renamed: dict[str, Tensor] = {}
+        for name, value in state.items():
+            if name == "encoder_pos_embed":
+                if tuple(value.shape) != tuple(self.pos_embed.shape) or not torch.allclose(
+                        value.float(), self.pos_embed.float().cpu().to(value.device), atol=1e-6):
+                    raise ValueError("encoder_pos_embed of the reference discriminator is not the 3-D sin-cos "
+                                     f"table of a {self.config.grid} grid of width {self.config.width}")
+                continue
+            renamed[from_reference_disc_name(name)] = value
+        missing, unexpected = self.load_state_dict(renamed, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"not a reference discriminator of this shape: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+
+
+# The reference's module names -> larp's (the blocks' inner names are the same: timm's).
+_REFERENCE_DISC_NAMES = (("x_embedder.", "patch_embed."), ("transformer_encoder.blocks.", "blocks."),
+                         ("norm_final.", "norm."), ("fc.", "head."))
+
+
+def from_reference_disc_name(name: str) -> str:
+    """The name in `VideoDiscriminator` of a tensor of the reference's `TransformerDiscriminator`."""
+    for old, new in _REFERENCE_DISC_NAMES:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,30 +227,33 @@ def _half_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return (noise * LABEL_NOISE_STD).abs().to(like.device)
 
 
-def smoothed_targets(real_logits: Tensor, fake_logits: Tensor, generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, Tensor]:
-    """Noisy targets: real 1 - |N(0, 0.15)| clamped >= 0.7, fake |N(0, 0.15)| clamped <= 0.3.
+def smoothed_targets(real_logits: Tensor, fake_logits: Tensor, generator: torch.Generator | None = None,
+                     noise: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Noisy targets: real 1 - 0.15 |n_r| clamped >= 0.7, fake 0.15 |n_f| clamped <= 0.3.
 
-    The real noise is drawn first, then the fake noise, from `generator` (the global RNG if None)."""
-    real_t = (1.0 - _half_normal(real_logits, generator)).clamp(min=0.7)
-    fake_t = _half_normal(fake_logits, generator).clamp(max=0.3)
-    return real_t, fake_t
+    The standard normals n_r, n_f are `noise` when given (replayed draws), else drawn from `generator` (the
+    global RNG if None), the real ones first."""
+    if noise is None:
+        real_n, fake_n = _half_normal(real_logits, generator), _half_normal(fake_logits, generator)
+    else:
+        real_n = (noise[0].float().reshape(real_logits.shape) * LABEL_NOISE_STD).abs().to(real_logits.device)
+        fake_n = (noise[1].float().reshape(fake_logits.shape) * LABEL_NOISE_STD).abs().to(fake_logits.device)
+    return (1.0 - real_n).clamp(min=0.7), fake_n.clamp(max=0.3)
 
 
-def d_loss_smoothed_bce(real_logits: Tensor, fake_logits: Tensor,
-                        generator: torch.Generator | None = None) -> Tensor:
-    """Discriminator loss, non-saturating with noisy label smoothing (targets from `smoothed_targets`).
-
-    Convention: 0.5 * (mean BCE-with-logits on the real logits + mean BCE-with-logits on the fake ones),
-    so that real and fake weigh the same whatever their batch sizes."""
-    real_t, fake_t = smoothed_targets(real_logits, fake_logits, generator)
+def d_loss_smoothed_bce(real_logits: Tensor, fake_logits: Tensor, generator: torch.Generator | None = None,
+                        noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Discriminator loss, non-saturating with noisy one-sided label smoothing (`smoothed_targets`):
+    mean BCE-with-logits on the real logits + mean BCE-with-logits on the fake ones (summed, as the
+    reference; no 0.5)."""
+    real_t, fake_t = smoothed_targets(real_logits, fake_logits, generator, noise)
     real = F.binary_cross_entropy_with_logits(real_logits.float(), real_t)
     fake = F.binary_cross_entropy_with_logits(fake_logits.float(), fake_t)
-    return 0.5 * (real + fake)
+    return real + fake
 
 
 def d_loss_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """0.5 * (mean relu(1 - real) + mean relu(1 + fake)); the same averaging as `d_loss_smoothed_bce`."""
+    """0.5 * (mean relu(1 - real) + mean relu(1 + fake)), as the reference's hinge loss."""
     return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
 
 
@@ -232,10 +268,12 @@ def g_loss_hinge(fake_logits: Tensor) -> Tensor:
 
 
 def discriminator_loss(kind: Literal["bce", "hinge"], real_logits: Tensor, fake_logits: Tensor,
-                       generator: torch.Generator | None = None) -> Tensor:
-    """`d_loss_smoothed_bce` ("bce", which uses `generator`) or `d_loss_hinge` ("hinge")."""
+                       generator: torch.Generator | None = None,
+                       noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """`d_loss_smoothed_bce` ("bce", which uses `generator` or the given label `noise`) or `d_loss_hinge`
+    ("hinge")."""
     if kind == "bce":
-        return d_loss_smoothed_bce(real_logits, fake_logits, generator)
+        return d_loss_smoothed_bce(real_logits, fake_logits, generator, noise)
     if kind == "hinge":
         return d_loss_hinge(real_logits, fake_logits)
     raise ValueError(f"discriminator loss kind must be 'bce' or 'hinge', got {kind!r}")
@@ -251,12 +289,12 @@ def generator_adversarial_loss(kind: Literal["bce", "hinge"], fake_logits: Tenso
 
 
 class LeCam(nn.Module):
-    """LeCam regularisation: EMAs of the mean real and mean fake logits and the penalty against them.
+    """LeCam regularisation (Tseng et al., 2021) as the reference computes it: EMAs of the mean real and
+    mean fake logits, and the penalty of the batch means against them.
 
-    The EMAs live in buffers so they are checkpointed. The first `update` copies the means (no bias
-    towards an arbitrary start value); later ones do ema = decay * ema + (1 - decay) * mean.
-    penalty = mean(relu(real - ema_fake)^2) + mean(relu(ema_real - fake)^2); the caller applies the
-    weight (0.001 in the recipe)."""
+    penalty = relu(mean(real) - ema_fake)^2 + relu(ema_real - mean(fake))^2, with the EMAs as they were
+    before this step; `update` then moves them: ema = decay * ema + (1 - decay) * mean. Both start at 0.
+    The EMAs live in buffers so they are checkpointed; the caller applies the weight."""
 
     def __init__(self, decay: float = 0.999):
         super().__init__()
@@ -268,16 +306,15 @@ class LeCam(nn.Module):
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, real_logits: Tensor, fake_logits: Tensor) -> None:
-        # A tensor condition, not .item(): no host-device sync on accelerators.
-        decay = torch.where(self.num_updates > 0, self.decay, 0.0).to(self.ema_real)
-        self.ema_real.copy_(decay * self.ema_real + (1.0 - decay) * real_logits.detach().float().mean())
-        self.ema_fake.copy_(decay * self.ema_fake + (1.0 - decay) * fake_logits.detach().float().mean())
+    def update(self, real_mean: Tensor, fake_mean: Tensor) -> None:
+        """Move the EMAs towards the batch means of the real and fake logits (scalars or logits)."""
+        self.ema_real.mul_(self.decay).add_(real_mean.detach().float().mean(), alpha=1.0 - self.decay)
+        self.ema_fake.mul_(self.decay).add_(fake_mean.detach().float().mean(), alpha=1.0 - self.decay)
         self.num_updates.add_(1)
 
     def penalty(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return (F.relu(real_logits.float() - self.ema_fake).pow(2).mean()
-                + F.relu(self.ema_real - fake_logits.float()).pow(2).mean())
+        return (F.relu(real_logits.float().mean() - self.ema_fake).pow(2)
+                + F.relu(self.ema_real - fake_logits.float().mean()).pow(2))
 
 
 def r1_penalty(real_logits: Tensor, real_inputs: Tensor) -> Tensor:
