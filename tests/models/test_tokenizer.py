@@ -75,16 +75,19 @@ def test_vq_loss_matches_hand_computation(tok):
     torch.testing.assert_close(out.quantized, q)  # straight-through: same values as the codes
 
 
-def test_prior_loss_reaches_encoder_and_codebook(tok):
+@pytest.mark.parametrize("codebook_grad", [False, True])
+def test_prior_loss_reaches_the_encoder_and_the_codebook_only_when_asked(tok, codebook_grad):
     tok.train()
     try:
-        out = tok(video(), step=10, total_steps=100, generator=torch.Generator().manual_seed(0))
+        out = tok(video(), step=10, total_steps=100, generator=torch.Generator().manual_seed(0),
+                  prior_codebook_grad=codebook_grad)
         tok.zero_grad()
         out.prior.loss.backward()
         enc = tok.encoder_latent_query_embed.grad
         book = tok.bottleneck.regularizer.embedding.weight.grad
         assert enc is not None and enc.abs().sum() > 0
-        assert book is not None and book.abs().sum() > 0
+        # The reference detaches the codebook in the prior's logits; the option lets the loss reach it.
+        assert (book is not None and book.abs().sum() > 0) == codebook_grad
         assert tok.decoder.blocks[0].attn.qkv.weight.grad is None  # the prior loss never touches the decoder
     finally:
         tok.zero_grad()

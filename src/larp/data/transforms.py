@@ -28,12 +28,13 @@ def _check_video(video: torch.Tensor) -> None:
 
 
 def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(H, W) after scaling the shorter side to `size` (the longer side rounded to the nearest pixel)."""
+    """(H, W) after scaling the shorter side to `size`; the longer side truncated to whole pixels, as
+    torchvision's `Resize(size)` (the reference's data pipeline) computes it."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     if height <= width:
-        return size, max(1, round(width * size / height))
-    return max(1, round(height * size / width)), size
+        return size, max(1, int(width * size / height))
+    return max(1, int(height * size / width)), size
 
 
 def resize_short_side(video: torch.Tensor, size: int, *, antialias: bool = True) -> torch.Tensor:

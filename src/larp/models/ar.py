@@ -136,8 +136,10 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
         self.embedding_table = _embedding(num_classes + int(dropout_prob > 0), dim)
 
-    def forward(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.training and self.dropout_prob > 0:
+    def forward(self, labels: torch.Tensor, generator: torch.Generator | None = None, drop: bool = True
+                ) -> torch.Tensor:
+        # Label dropout in training; drop=False when the caller has already chosen the dropped labels.
+        if drop and self.training and self.dropout_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.dropout_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)
@@ -234,11 +236,13 @@ class LARPAR(HubModelMixin, nn.Module):
                 raise ValueError(f"expected {expected}, got tokens in [{lo}, {hi}]")
 
     # -------------------------------------------------------------------------------------- forward
-    def cond_embeddings(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B,) class ids or (B, cls_token_num) condition tokens -> (B, cls_token_num, dim)."""
+    def cond_embeddings(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+                        drop_labels: bool = True) -> torch.Tensor:
+        """(B,) class ids or (B, cls_token_num) condition tokens -> (B, cls_token_num, dim). In training,
+        class labels are dropped to the null class at random unless `drop_labels` is False."""
         if self.cls_embedding is None:
             return self.tok_embeddings(cond)
-        return self.cls_embedding(cond, generator).unsqueeze(1)
+        return self.cls_embedding(cond, generator, drop_labels).unsqueeze(1)
 
     def forward_features(self, h: torch.Tensor, caches: list[KVCache] | None = None,
                          start: int | torch.Tensor = 0) -> torch.Tensor:
@@ -302,14 +306,17 @@ class LARPAR(HubModelMixin, nn.Module):
             x = x + F.linear(F.silu(F.linear(h, ffn.w1.weight)) * F.linear(h, ffn.w3.weight), ffn.w2.weight)
         return self.head(x[:, 0])
 
-    def logits(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
-               ) -> torch.Tensor:
-        """Teacher-forced logits (B, N, vocab): [:, i] predicts tokens[:, i] from cond and tokens[:, :i]."""
+    def logits(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
+               drop_labels: bool = True) -> torch.Tensor:
+        """Teacher-forced logits (B, N, vocab): [:, i] predicts tokens[:, i] from cond and tokens[:, :i].
+
+        In training mode class labels are dropped at random (label dropout) unless `drop_labels` is False."""
         self.check_tokens(tokens)
         self.check_cond(cond, allow_null=True)
         if cond.shape[0] != tokens.shape[0]:
             raise ValueError(f"cond has batch {cond.shape[0]} but tokens have batch {tokens.shape[0]}")
-        h = torch.cat([self.cond_embeddings(cond, generator), self.tok_embeddings(tokens[:, :-1])], dim=1)
+        h = torch.cat([self.cond_embeddings(cond, generator, drop_labels), self.tok_embeddings(tokens[:, :-1])],
+                      dim=1)
         return self.forward_hidden(h)[:, self.cond_length - 1:]
 
     forward = logits

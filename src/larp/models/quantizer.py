@@ -133,8 +133,17 @@ class StochasticVQ(nn.Module):
 
     def forward(self, z: torch.Tensor, deterministic: bool, generator: torch.Generator | None = None
                 ) -> QuantizerOutput:
-        # z: (B, N, d), already unit-normalised by the bottleneck.
-        codebook = self.codebook  # (K, d)
+        # z: (B, N, d), already unit-normalised by the bottleneck. Codes and the VQ loss in float32 even
+        # under mixed precision, as the reference.
+        with torch.autocast(z.device.type, enabled=False):
+            out = self._quantize(z.float(), deterministic, generator)
+        dtype = self.embedding.weight.dtype  # float32, unless the model itself was cast
+        out.quantized = out.quantized.to(dtype)
+        return out
+
+    def _quantize(self, z: torch.Tensor, deterministic: bool, generator: torch.Generator | None
+                  ) -> QuantizerOutput:
+        codebook = self.codebook.float()  # (K, d)
         similarity = z @ codebook.t()  # (B, N, K)
         if deterministic or not self.args.stochastic:
             indices = similarity.argmax(dim=-1)
@@ -173,8 +182,10 @@ class Bottleneck(nn.Module):
         self.out_linear = nn.Linear(bottleneck_dim, output_dim)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, N, D_enc) encoder output -> (B, N, d) unit vectors."""
-        return F.normalize(self.in_linear(h), dim=-1)
+        """(B, N, D_enc) encoder output -> (B, N, d) unit vectors (normalised in float32)."""
+        z = self.in_linear(h)
+        with torch.autocast(z.device.type, enabled=False):  # float32 weights: float32 vectors
+            return F.normalize(z.float(), dim=-1).to(self.in_linear.weight.dtype)
 
     def forward(self, h: torch.Tensor, deterministic: bool, generator: torch.Generator | None = None
                 ) -> QuantizerOutput:

@@ -198,28 +198,45 @@ class LARPTokenizer(HubModelMixin, nn.Module):
         """(B, N, d) -> (B, N, d): first vector as given, then the prior's predictions of 1..N-1."""
         return self._require_prior().predict_sequence(vectors)
 
-    def prior_logits_from_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+    def prior_logits_from_vectors(self, vectors: torch.Tensor, codebook_grad: bool = False) -> torch.Tensor:
+        """(B, N, d) -> (B, N-1, K): the prior's predictions of vectors 1..N-1 against the codebook.
+
+        The codebook enters detached, as in the reference: the prior loss trains the prior and, through
+        `vectors`, the encoder, but not the code vectors (`codebook_grad=True` lets it reach them too)."""
         pred = self.prior_predict(vectors)[:, 1:]  # (B, N-1, d)
-        logits = pred @ self.bottleneck.regularizer.codebook.t()
+        codebook = self.bottleneck.regularizer.codebook
+        logits = pred @ (codebook if codebook_grad else codebook.detach()).t()
         return logits / self.config.prior_model.latent_ce_temperature
 
     def scheduled_sampling_ratio(self, step: int, total_steps: int) -> float:
+        """The share of prior inputs replaced by its own picks at training step `step` (counted from 1) of
+        `total_steps`: rising linearly to `mix_ss_max_ratio` at `mix_ss_peak_steps_ratio` of the run."""
         p = self.config.prior_model
         if not p.use_mix_ss:
             return 1.0
         return min(step / (max(total_steps, 1) * p.mix_ss_peak_steps_ratio) * p.mix_ss_max_ratio, p.mix_ss_max_ratio)
 
     def prior_loss(self, quantized: torch.Tensor, indices: torch.Tensor, step: int, total_steps: int,
-                   generator: torch.Generator | None = None) -> PriorOutput:
-        """Cross-entropy of the prior with scheduled sampling over `n_rounds` rounds (docs/method.md, the learned prior).
+                   generator: torch.Generator | None = None, ss_mask: torch.Tensor | None = None,
+                   argmax_picks: bool = False, codebook_grad: bool = False) -> PriorOutput:
+        """Cross-entropy of the prior with scheduled sampling over `n_rounds` rounds (docs/method.md).
 
-        `quantized` are the straight-through vectors, so the gradient reaches the encoder and codebook."""
+        `quantized` are the straight-through vectors, so the gradient reaches the encoder. Each round after
+        the first feeds the prior, where the scheduled-sampling mask is set, a code picked from the previous
+        round's logits (drawn from their softmax; `argmax_picks` takes the most likely one) instead of the
+        true vector. The mask holds one Bernoulli(ratio) draw per (clip, token 1..N-1), shared by the rounds;
+        `ss_mask` (B, N-1) replays a given one."""
         p = self.config.prior_model
         self._require_prior()
         b, n, d = quantized.shape
         labels = indices[:, 1:]
-        ratio = self.scheduled_sampling_ratio(step, total_steps)
-        mask = torch.rand(b, n - 1, 1, device=quantized.device, generator=generator) < ratio  # (B, N-1, 1)
+        if ss_mask is None:
+            ratio = self.scheduled_sampling_ratio(step, total_steps)
+            mask = torch.rand(b, n - 1, 1, device=quantized.device, generator=generator) < ratio  # (B, N-1, 1)
+        else:
+            if tuple(ss_mask.shape) != (b, n - 1):
+                raise ValueError(f"ss_mask must have shape ({b}, {n - 1}), got {tuple(ss_mask.shape)}")
+            mask = ss_mask.to(device=quantized.device, dtype=torch.bool)[..., None]
         codebook = self.bottleneck.regularizer.codebook.detach()
         all_logits = []
         inputs = quantized
@@ -227,15 +244,17 @@ class LARPTokenizer(HubModelMixin, nn.Module):
             last = r == p.n_rounds - 1
             if p.no_grad_before_last_round and not last:
                 with torch.no_grad():
-                    logits = self.prior_logits_from_vectors(inputs.detach())
+                    logits = self.prior_logits_from_vectors(inputs.detach(), codebook_grad)
             else:
-                logits = self.prior_logits_from_vectors(inputs)
+                logits = self.prior_logits_from_vectors(inputs, codebook_grad)
                 all_logits.append(logits)
             if not last:
-                probs = torch.softmax(logits.detach().float(), dim=-1)
-                sampled = sample_categorical(probs, generator)  # (B, N-1)
-                sampled_vec = F.embedding(sampled, codebook).to(quantized.dtype)
-                mixed = torch.where(mask, sampled_vec, quantized[:, 1:])
+                if argmax_picks:
+                    picked = logits.detach().argmax(dim=-1)  # (B, N-1)
+                else:
+                    picked = sample_categorical(torch.softmax(logits.detach().float(), dim=-1), generator)
+                picked_vec = F.embedding(picked, codebook).to(quantized.dtype)
+                mixed = torch.where(mask, picked_vec, quantized[:, 1:])
                 inputs = torch.cat([quantized[:, :1], mixed], dim=1)
         used = all_logits if p.avg_loss_over_rounds else all_logits[-1:]
         stacked = torch.stack(used)  # (R, B, N-1, K)
@@ -249,12 +268,18 @@ class LARPTokenizer(HubModelMixin, nn.Module):
 
     # ------------------------------------------------------------------------------------- training
     def forward(self, video: torch.Tensor, step: int = 0, total_steps: int = 1,
-                deterministic: bool | None = None, generator: torch.Generator | None = None) -> TokenizerOutput:
-        """Reconstruct `video` and compute the VQ and (if present) prior losses."""
+                deterministic: bool | None = None, generator: torch.Generator | None = None,
+                ss_mask: torch.Tensor | None = None, argmax_picks: bool = False,
+                prior_codebook_grad: bool = False) -> TokenizerOutput:
+        """Reconstruct `video` and compute the VQ and (if present) prior losses.
+
+        `step` (counted from 1) of `total_steps` sets the prior's scheduled-sampling ratio; `ss_mask`,
+        `argmax_picks` and `prior_codebook_grad` are `prior_loss`'s."""
         self.check_video(video)
         q = self.quantize(self.encode_continuous(video), deterministic, generator)
         recon = self.decode_latents(q.quantized)
-        prior = (self.prior_loss(q.quantized, q.indices, step, total_steps, generator)
+        prior = (self.prior_loss(q.quantized, q.indices, step, total_steps, generator, ss_mask, argmax_picks,
+                                 prior_codebook_grad)
                  if self.prior_model is not None else None)
         return TokenizerOutput(recon=recon, indices=q.indices, vq_loss=q.loss, similarity=q.similarity,
                                prior=prior)
