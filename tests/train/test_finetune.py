@@ -158,10 +158,11 @@ def test_fresh_discriminator_learns_alone_first_with_its_own_warmup(tiny_data, t
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [("train/d_loss" in r, "train/g_adv" in r) for r in rows] == [
         (True, False), (True, False), (True, False), (True, True)]
-    # Its own learning-rate warm-up over 4 of its steps: 3/4 of discriminator.lr after 2, all of it after 4.
-    for step, factor in ((2, 0.75), (4, 1.0)):
+    # Its own learning-rate warm-up over 4 steps, from 0.01 + 0.99 / 4 at step 1: half-way (0.505) at step 2,
+    # all of it at step 4.
+    for step, factor in ((2, 0.505), (4, 1.0)):
         state = ckpt.load_checkpoint(out / "checkpoints" / f"step_{step:08d}")["task"]
-        assert state["sched_d"]["_last_lr"][0] == pytest.approx(1e-4 * factor)
+        assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * factor)
         assert state["lecam"]["num_updates"] == step
 
 

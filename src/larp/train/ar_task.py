@@ -20,11 +20,12 @@ from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair, pad_context
 from larp.sample.generate import generate
 from larp.train.ar_init import embed_codebook
-from larp.train.config import ARTrainConfig
+from larp.train.config import ARTrainConfig, resolve_epochs
 from larp.train.data import training_videos, validation_videos
+from larp.train.draws import GivenDraws
 from larp.train.engine import TrainContext
 from larp.train.finetune import load_init_weights
-from larp.train.optim import decay_groups, make_ema, make_scheduler
+from larp.train.optim import decay_groups, make_ema, make_schedule, remember_base_lrs, set_lr_factor
 from larp.train.token_cache import TokenCacheDataset
 
 __all__ = ["ARTask", "check_pair", "decay_groups"]
@@ -33,8 +34,11 @@ log = logging.getLogger("larp.train")
 
 
 class ARTask:
-    def __init__(self, recipe: ARTrainConfig, ctx: TrainContext):
+    """`draws` replays given class-label drops (`larp.train.draws.GivenDraws`); None: they are drawn."""
+
+    def __init__(self, recipe: ARTrainConfig, ctx: TrainContext, draws: GivenDraws | None = None):
         self.recipe, self.ctx = recipe, ctx
+        self.draws = draws or GivenDraws()
         run, data, o = recipe.run, recipe.data, recipe.optim
         torch.manual_seed(run.seed)
         self.model = LARPAR(recipe.model_config()).to(ctx.device)
@@ -66,10 +70,12 @@ class ARTask:
                                  "encode clips on the fly")
             self.train_set = training_videos(data, run.seed)
         self.val_set = validation_videos(data, run.seed) if self.tokenizer is not None else None
+        resolve_epochs(recipe, len(self.train_set), ctx.world_size)  # epochs -> steps, before the schedules
         self.ema = make_ema(self.model, run.ema_decay)
         self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
                                      fused=ctx.device.type == "cuda")
-        self.sched = make_scheduler(self.opt, o, run.max_steps)
+        remember_base_lrs(self.opt)
+        self.schedule = make_schedule(o, run.max_steps)
         self.scaler = ctx.grad_scaler()
         self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
         torch.manual_seed(run.seed + 7919 * ctx.rank)
@@ -98,14 +104,20 @@ class ARTask:
         """One optimiser step on `batch`, or on the micro-batches of a list (gradients accumulated)."""
         micro = [batch] if isinstance(batch, dict) else list(batch)
         k = len(micro)
+        number = step + 1  # steps are numbered from 1, as in the reference
         self.model.train()
+        lr = set_lr_factor(self.opt, self.schedule(number))
         self.opt.zero_grad(set_to_none=True)
         losses = []
+        drop = self.draws.class_drop_mask(number)
         for i, b in enumerate(micro):
             tokens, cond = self.encode_batch(b)
+            if drop is not None and not self.fp:  # given label drops: the null class where the mask is set
+                part = drop[i * len(cond):(i + 1) * len(cond)].to(cond.device, torch.bool)
+                cond = torch.where(part, torch.full_like(cond, self.model.null_class), cond)
             with self.ctx.no_sync(self.train_model, sync=i == k - 1):
                 with self.ctx.autocast():
-                    logits = self.train_model(tokens, cond)
+                    logits = self.train_model(tokens, cond, drop_labels=drop is None)
                     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
                 losses.append(float(loss.detach()))
                 if not math.isfinite(losses[-1]):
@@ -117,10 +129,9 @@ class ARTask:
             metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip))
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.sched.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        metrics["lr"] = self.sched.get_last_lr()[0]
+        metrics["lr"] = lr
         return metrics
 
     @torch.no_grad()
@@ -158,8 +169,7 @@ class ARTask:
         (self.ema.module if self.ema is not None else self.model).save_pretrained(folder)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                 "scaler": self.scaler.state_dict()}
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -167,7 +177,6 @@ class ARTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

@@ -8,6 +8,7 @@ resolved recipe is saved as `config.yaml` in every run folder."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -97,9 +98,15 @@ class OptimConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # > 0: the warm-up in epochs of the training set (the released recipes count epochs); it sets
+    # warmup_steps when the run starts (`resolve_epochs`).
+    warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0  # 0 = off
-    prior_lr_mult: float = 50.0  # tokenizer: learning-rate multiplier of the prior model
+    grad_clip: float = 0.0  # clip the gradient norm at this value; 0 = off (the released recipes: off)
+    # Tokenizer: learning-rate multiplier of the prior model. The released recipe configures 50, but the
+    # reference's scheduler sets every group to the same rate at every step, so it trains at 1x: 1 is the
+    # released training; 50 is what the recipe intended.
+    prior_lr_mult: float = 1.0
     embed_lr_mult: float = 1.0  # tokenizer: multiplier of the patch embedding (large fan-in; see local_init)
     # Micro-batches of data.batch_size per optimiser step: the effective batch is
     # data.batch_size x grad_accum_steps x processes. Steps, schedules and checkpoints count optimiser steps.
@@ -111,6 +118,8 @@ class OptimConfig:
         for name in ("weight_decay", "grad_clip", "prior_lr_mult", "embed_lr_mult"):
             _need(getattr(self, name) >= 0, f"{prefix}.{name}", ">= 0", getattr(self, name))
         _need(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        _need(0 <= self.warmup_epochs < math.inf, f"{prefix}.warmup_epochs", "a finite number >= 0",
+              self.warmup_epochs)
         _positive_ints(self, prefix, "warmup_steps", low=0)
         _positive_ints(self, prefix, "grad_accum_steps")
 
@@ -133,13 +142,18 @@ class LossConfig:
     # The discriminator's first update; None: gan_start_step. Fine-tuning a trained generator: let a fresh
     # discriminator learn alone for a while (disc_start_step=0, gan_start_step=500).
     disc_start_step: int | None = None
-    disc_every: int = 5  # the discriminator is updated every k-th (optimiser) step
-    lecam_weight: float = 0.001
+    disc_every: int = 5  # the discriminator is updated at steps k, 2k, ... (steps counted from 1)
+    # The weight of the LeCam penalty in the discriminator loss. The released recipe configures 0.001, but
+    # the reference applies it twice, so 0.001^2 = 1e-6 is what its training uses; 0.001 is the intended value.
+    lecam_weight: float = 1e-6
     lecam_decay: float = 0.999
     r1_weight: float = 0.0
     vq_weight: float = 0.1
     prior_weight: float = 0.06
     prior_warmup_steps: int = 0  # ramp the prior weight linearly from 0 over these steps (0 = released: none)
+    # Let the prior loss train the code vectors too. The reference detaches the codebook in the prior's
+    # logits: the prior loss reaches the encoder (through the quantised vectors) but not the codebook.
+    prior_codebook_grad: bool = False
 
     def prior_weight_at(self, step: int) -> float:
         if self.prior_warmup_steps <= 0:
@@ -166,12 +180,15 @@ class DiscriminatorSpec:
     width: int = 512
     heads: int = 8
     depth: int = 12
+    patch: int = 0  # spatial patch size; 0: the tokenizer's
+    temporal_patch: int = 0  # temporal patch size; 0: the tokenizer's
     lr: float = 3e-5
     betas: tuple[float, float] = (0.5, 0.9)
     warmup_steps: int | None = None  # its own learning-rate warm-up; None: optim.warmup_steps
 
     def validate(self, prefix: str = "discriminator") -> None:
         _positive_ints(self, prefix, "width heads depth")
+        _positive_ints(self, prefix, "patch temporal_patch", low=0)
         _need(self.width % self.heads == 0, f"{prefix}.width", f"a multiple of heads={self.heads}", self.width)
         _need(self.lr > 0, f"{prefix}.lr", "> 0", self.lr)
         _betas(self.betas, f"{prefix}.betas")
@@ -183,10 +200,14 @@ class DiscriminatorSpec:
 class RunConfig:
     out_dir: str = "runs/train"
     max_steps: int = 1000
+    # > 0: train for this many epochs of the training set instead; it sets max_steps when the run starts
+    # (`resolve_epochs`), as the released recipes count their length.
+    epochs: int = 0
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 autocast on CUDA only
     compile: bool = False  # torch.compile the model's forward (CUDA)
+    tf32: bool = True  # TF32 matrix products on CUDA, as the reference trains; false: strict float32
     ema_decay: float = 0.0  # 0 = no EMA of the weights
     log_every: int = 10
     eval_every: int = 500
@@ -202,7 +223,7 @@ class RunConfig:
     def validate(self, prefix: str = "run") -> None:
         _need(bool(self.out_dir), f"{prefix}.out_dir", "a folder", self.out_dir)
         _positive_ints(self, prefix, "max_steps log_every")
-        _positive_ints(self, prefix, "seed eval_every ckpt_every keep_last threads", low=0)
+        _positive_ints(self, prefix, "seed eval_every ckpt_every keep_last threads epochs", low=0)
         _need(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", "in [0, 1)", self.ema_decay)
 
 
@@ -282,6 +303,21 @@ def _validate_common(recipe: Any) -> None:
     recipe.data.validate()
     recipe.optim.validate()
     recipe.run.validate()
+
+
+def resolve_epochs(recipe: Any, num_items: int, processes: int = 1) -> int:
+    """Optimiser steps per epoch of `num_items` training items (each process sees its share, in whole
+    batches: drop_last); sets `run.max_steps` from `run.epochs` and `optim.warmup_steps` from
+    `optim.warmup_epochs` where those are given. Returns the steps per epoch."""
+    per_epoch = (num_items // processes) // (recipe.data.batch_size * recipe.optim.grad_accum_steps)
+    if per_epoch < 1 and (recipe.run.epochs or recipe.optim.warmup_epochs):
+        raise ConfigError(f"run.epochs / optim.warmup_epochs: an epoch of {num_items} items is less than one "
+                          f"step of {effective_batch(recipe, processes)} clips")
+    if recipe.run.epochs:
+        recipe.run.max_steps = recipe.run.epochs * per_epoch
+    if recipe.optim.warmup_epochs:
+        recipe.optim.warmup_steps = round(recipe.optim.warmup_epochs * per_epoch)
+    return per_epoch
 
 
 def effective_batch(recipe: Any, processes: int = 1) -> int:

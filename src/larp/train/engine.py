@@ -122,6 +122,8 @@ def setup_context(run: RunConfig) -> TrainContext:
             raise LarpError(f"run.device={run.device!r} but CUDA is not available on this machine")
         device = torch.device("cuda", local if world > 1 else (torch.device(want).index or 0))
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = run.tf32
+        torch.backends.cudnn.allow_tf32 = run.tf32
     else:
         device = torch.device(want)
     if run.precision != "fp32" and device.type != "cuda":

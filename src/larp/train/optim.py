@@ -13,23 +13,37 @@ from larp.train.config import OptimConfig
 
 
 class WarmupCosine:
-    """Learning-rate factor: linear warm-up, then cosine from 1 to `min_ratio` at `total` steps."""
+    """Learning-rate factor of the step numbered `step` (counted from 1), as the reference computes it:
+    linear warm-up from `min_ratio` + (1 - min_ratio) / warmup at step 1 to 1 at step `warmup`, then cosine
+    down to `min_ratio` at step `total`. Without warm-up the cosine starts at step 1."""
 
     def __init__(self, warmup: int, total: int, min_ratio: float):
         self.warmup, self.total, self.min_ratio = warmup, max(total, 1), min_ratio
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
+        m = self.min_ratio
+        if step <= self.warmup:
+            return m + (1 - m) * step / self.warmup
         progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(opt: torch.optim.Optimizer, optim: OptimConfig, total: int,
-                   warmup: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+def make_schedule(optim: OptimConfig, total: int, warmup: int | None = None) -> WarmupCosine:
     """Warm-up then cosine over `total` optimiser steps; `warmup` overrides `optim.warmup_steps`."""
-    steps = optim.warmup_steps if warmup is None else warmup
-    return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(steps, total, optim.min_lr_ratio))
+    return WarmupCosine(optim.warmup_steps if warmup is None else warmup, total, optim.min_lr_ratio)
+
+
+def remember_base_lrs(opt: torch.optim.Optimizer) -> None:
+    """Keep each group's learning rate as its base (`base_lr`), which `set_lr_factor` scales."""
+    for group in opt.param_groups:
+        group.setdefault("base_lr", group["lr"])
+
+
+def set_lr_factor(opt: torch.optim.Optimizer, factor: float) -> float:
+    """Set every group's rate to its base rate times `factor`, before a step; returns the first group's."""
+    for group in opt.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return opt.param_groups[0]["lr"]
 
 
 def make_ema(model: nn.Module, decay: float) -> nn.Module | None:

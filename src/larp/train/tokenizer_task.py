@@ -1,12 +1,17 @@
 """One step of LARP tokenizer training, and its evaluation.
 
-Generator loss = pixel + perceptual + GAN + VQ + prior CE; the discriminator is updated every k-th step on
-the same reconstruction (no second forward pass of the tokenizer). With gradient accumulation a step runs
-the k micro-batches one after the other, each loss divided by k, and updates once: every loss term is a
-mean over the batch, so the update is the one of the whole batch. The exceptions are batch statistics:
-the entropy loss (`vq.entropy_loss_weight`) is computed per micro-batch, and the LeCam averages of the
-discriminator are updated once with the means over all micro-batches (one extra forward pass of the
-discriminator on its steps)."""
+A step, numbered from 1 as in the reference implementation (docs/method.md, training):
+1. learning rates of the step (every group of an optimiser follows one schedule);
+2. the tokenizer's forward pass: codes, reconstruction, VQ loss, the prior's cross-entropy;
+3. on every `disc_every`-th step, the discriminator's update on this step's reconstruction (detached);
+4. the generator loss = pixel + perceptual + GAN (through the discriminator just updated) + VQ + prior
+   CE, and the tokenizer's update.
+With gradient accumulation a step runs the k micro-batches one after the other, each loss divided by k,
+and updates once: every loss term is a mean over the batch, so the update is the one of the whole batch.
+On a discriminator step the micro-batches' reconstructions are computed first without gradients, with
+the same random draws, so that the discriminator is updated before any generator loss. The exceptions are
+batch statistics: the entropy loss (`vq.entropy_loss_weight`) and the LeCam penalty are computed per
+micro-batch; LeCam's averages are updated once with the means over all micro-batches."""
 
 from __future__ import annotations
 
@@ -24,8 +29,9 @@ from larp.data.video_io import write_gif, write_png_grid
 from larp.eval.reconstruction import reconstruction_metrics
 from larp.models.tokenizer import LARPTokenizer
 from larp.train.codebook import AntiCollapse, quantizer_of
-from larp.train.config import OptimConfig, TokenizerTrainConfig
+from larp.train.config import OptimConfig, TokenizerTrainConfig, resolve_epochs
 from larp.train.data import init_clips, training_videos, validation_videos
+from larp.train.draws import GivenDraws
 from larp.train.engine import TrainContext
 from larp.train.finetune import freeze, load_init_weights
 from larp.train.losses import (
@@ -40,7 +46,7 @@ from larp.train.losses import (
     r1_penalty,
     require_vgg_weights,
 )
-from larp.train.optim import make_ema, make_scheduler, prefix_groups
+from larp.train.optim import make_ema, make_schedule, prefix_groups, remember_base_lrs, set_lr_factor
 
 __all__ = ["TokenizerTask", "init_clips", "training_videos"]
 
@@ -58,8 +64,11 @@ def lr_multipliers(optim: OptimConfig) -> dict[str, float]:
 
 
 class TokenizerTask:
-    def __init__(self, recipe: TokenizerTrainConfig, ctx: TrainContext):
+    """`draws` replays given random draws (`larp.train.draws.GivenDraws`); None: every draw is random."""
+
+    def __init__(self, recipe: TokenizerTrainConfig, ctx: TrainContext, draws: GivenDraws | None = None):
         self.recipe, self.ctx = recipe, ctx
+        self.draws = draws or GivenDraws()
         run, data, spec = recipe.run, recipe.data, recipe.model
         device = ctx.device
         torch.manual_seed(run.seed)  # identical initial weights on every rank
@@ -74,6 +83,7 @@ class TokenizerTask:
             log.info("fine-tuning from %s", load_init_weights(self.model, spec.init_from))
         self.train_set = training_videos(data, run.seed)
         self.val_set = validation_videos(data, run.seed)
+        resolve_epochs(recipe, len(self.train_set), ctx.world_size)  # epochs -> steps, before the schedules
 
         self._build_losses()  # first: a missing weights file fails before any work
         self.anti = AntiCollapse(self.model, recipe.codebook)
@@ -88,7 +98,9 @@ class TokenizerTask:
             log.info("frozen: %s (%d tensors)", ", ".join(spec.freeze), len(freeze(self.model, spec.freeze)))
         self.ema = make_ema(self.model, run.ema_decay)
         self._build_optimisers()
-        self.scaler = ctx.grad_scaler()
+        self.scaler = ctx.grad_scaler()  # the generator's; the discriminator has its own, as the reference
+        self.scaler_d = ctx.grad_scaler()
+        self.disc_updates = 0
         self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
         self.train_disc = ctx.wrap(self.disc) if self.disc is not None else None
         torch.manual_seed(run.seed + 7919 * ctx.rank)  # ranks draw different codes and dropout masks
@@ -109,22 +121,25 @@ class TokenizerTask:
         if loss.gan_weight > 0:
             d = recipe.discriminator
             self.disc = VideoDiscriminator(DiscriminatorConfig(
-                width=d.width, heads=d.heads, depth=d.depth, temporal_patch=mc.temporal_patch_size,
-                patch=mc.patch_size, frames=mc.frame_num, size=mc.input_size)).to(device)
+                width=d.width, heads=d.heads, depth=d.depth, temporal_patch=d.temporal_patch or mc.temporal_patch_size,
+                patch=d.patch or mc.patch_size, frames=mc.frame_num, size=mc.input_size)).to(device)
             self.lecam = LeCam(loss.lecam_decay).to(device)
 
     def _build_optimisers(self) -> None:
         """Adam for the tokenizer (learning-rate multipliers for the prior and the patch embedding; frozen
-        parts left out) and for the discriminator, each with its warm-up and cosine schedule."""
+        parts left out) and for the discriminator, each with its warm-up and cosine schedule over the run's
+        steps (the discriminator's follows the step number, whether or not it updates at that step)."""
         o, run = self.recipe.optim, self.recipe.run
         groups = prefix_groups(self.model, o.lr, lr_multipliers(o))
         fused = self.ctx.device.type == "cuda"  # one kernel per step for all parameters
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
-        self.sched_g = make_scheduler(self.opt_g, o, run.max_steps)
+        remember_base_lrs(self.opt_g)
+        self.schedule_g = make_schedule(o, run.max_steps)
         if self.disc is not None:
             d = self.recipe.discriminator
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=d.lr, betas=d.betas, fused=fused)
-            self.sched_d = make_scheduler(self.opt_d, o, run.max_steps, d.warmup_steps)
+            remember_base_lrs(self.opt_d)
+            self.schedule_d = make_schedule(o, run.max_steps, d.warmup_steps)
 
     # -------------------------------------------------------------------------------------- engine API
     def train_dataset(self) -> VideoClipDataset:
@@ -133,17 +148,23 @@ class TokenizerTask:
     def close(self) -> None:
         self.anti.close()
 
-    def _clip(self, params: Any, opt: torch.optim.Optimizer) -> float:
+    def _clip(self, params: Any, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> float:
         clip = self.recipe.optim.grad_clip
-        self.scaler.unscale_(opt)
         if clip <= 0:
             return 0.0
+        scaler.unscale_(opt)
         return float(torch.nn.utils.clip_grad_norm_(params, clip))
 
-    def _generator_loss(self, video: torch.Tensor, step: int, gan_on: bool) -> tuple[Any, torch.Tensor,
-                                                                                     dict[str, torch.Tensor]]:
+    def _forward(self, video: torch.Tensor, number: int) -> Any:
+        """The tokenizer's forward pass at step `number` (from 1), with any given draws."""
+        d = self.draws
+        return self.train_model(video, number, self.recipe.run.max_steps,
+                                deterministic=True if d.argmax_codes else None, ss_mask=d.ss_mask(number),
+                                argmax_picks=d.argmax_picks, prior_codebook_grad=self.recipe.loss.prior_codebook_grad)
+
+    def _generator_loss(self, video: torch.Tensor, out: Any, step: int, gan_on: bool
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss_cfg = self.recipe.loss
-        out = self.train_model(video, step, self.recipe.run.max_steps)
         recon = out.recon.float()
         weights = motion_weights(video, loss_cfg.motion_weight) if loss_cfg.motion_weight > 0 else None
         terms = {"pixel": pixel_loss(recon, video, loss_cfg.pixel, weights)}
@@ -166,38 +187,54 @@ class TokenizerTask:
             total = total + loss_cfg.prior_weight_at(step) * out.prior.loss
         if weights is not None:  # the weighted L1/L2 are not the batch's error: report its plain MSE too
             terms["mse"] = pixel_loss(recon.detach(), video, "l2")
-        return out, total, terms
+        return total, terms
+
+    def _set_learning_rates(self, number: int) -> float:
+        lr = set_lr_factor(self.opt_g, self.schedule_g(number))
+        if self.disc is not None:
+            set_lr_factor(self.opt_d, self.schedule_d(number))
+        return lr
 
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]], step: int) -> dict[str, float]:
-        """One optimiser step on `batch`, or on the micro-batches of a list (gradients accumulated)."""
+        """One optimiser step on `batch`, or on the micro-batches of a list (gradients accumulated).
+
+        `step` counts the steps done before this one; this step's number is `step + 1`."""
         loss_cfg, ctx = self.recipe.loss, self.ctx
         micro = [batch] if isinstance(batch, dict) else list(batch)
         k = len(micro)
+        number = step + 1
         self.model.train()
+        lr = self._set_learning_rates(number)
         self.anti.before_step(step)
         gan_on = self.disc is not None and step >= loss_cfg.gan_start_step
-        rows, videos, recons, indices, top1 = [], [], [], [], []
+        disc_now = self.disc is not None and step >= loss_cfg.disc_start and number % loss_cfg.disc_every == 0
+        videos = [b["video"].to(ctx.device, non_blocking=True) for b in micro]
+        d_metrics: dict[str, float] = {}
+        if disc_now and k > 1:
+            d_metrics = self._disc_step_before(videos, number)
+        rows, indices, top1 = [], [], []
         self.opt_g.zero_grad(set_to_none=True)
-        for i, b in enumerate(micro):
-            video = b["video"].to(ctx.device, non_blocking=True)
+        for i, video in enumerate(videos):
             with ctx.no_sync(self.train_model, sync=i == k - 1):
                 with ctx.autocast():
-                    out, total, terms = self._generator_loss(video, step, gan_on)
+                    out = self._forward(video, number)
+                if disc_now and k == 1:
+                    d_metrics = self._disc_step(videos, [out.recon.detach().float()], number)
+                with ctx.autocast():
+                    total, terms = self._generator_loss(video, out, step, gan_on)
                 metrics = {name: float(v.detach()) for name, v in terms.items()}
                 metrics["loss"] = float(total.detach())
                 if not math.isfinite(metrics["loss"]):
-                    return metrics  # the engine stops before any weight is touched
+                    return metrics  # the engine stops before the tokenizer's weights are touched
                 self.scaler.scale(total if k == 1 else total / k).backward()
             rows.append(metrics)
-            videos.append(video)
-            recons.append(out.recon.float().detach())
             indices.append(out.indices)
             if out.prior is not None:
                 top1.append(float(out.prior.top1))
         metrics = _mean(rows)
-        metrics["grad_norm"] = self._clip(self.model.parameters(), self.opt_g)
+        metrics["grad_norm"] = self._clip(self.model.parameters(), self.opt_g, self.scaler)
         self.scaler.step(self.opt_g)
-        self.sched_g.step()
+        self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
         if top1:
@@ -212,42 +249,52 @@ class TokenizerTask:
             # Re-initialised rows come from each rank's own latents: take rank 0's everywhere.
             for param in quantizer_of(self.model).parameters():
                 dist.broadcast(param.data, src=0)
-        if self.disc is not None and step >= loss_cfg.disc_start and step % loss_cfg.disc_every == 0:
-            metrics.update(self._disc_step(videos, recons))
-        self.scaler.update()
-        metrics["lr"] = self.sched_g.get_last_lr()[0]
+        metrics.update(d_metrics)
+        metrics["lr"] = lr
         return metrics
 
-    def _disc_step(self, reals: list[torch.Tensor], fakes: list[torch.Tensor]) -> dict[str, float]:
-        """One discriminator update on the step's own reconstructions (shared, detached)."""
+    def _disc_step_before(self, videos: list[torch.Tensor], number: int) -> dict[str, float]:
+        """With accumulation: the micro-batches' reconstructions without gradients, then the discriminator's
+        update on them. The random state is restored afterwards, so that the forward passes with gradients
+        that follow draw the same codes (the label noise stays a draw of its own)."""
+        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), self.ctx.autocast():
+                fakes = [self._forward(v, number).recon.float() for v in videos]
+            return self._disc_step(videos, fakes, number)
+
+    def _disc_step(self, reals: list[torch.Tensor], fakes: list[torch.Tensor], number: int) -> dict[str, float]:
+        """One discriminator update on the step's own reconstructions (detached): smoothed BCE (or hinge)
+        + lecam_weight x the LeCam penalty against the averages before this update, which then move."""
         loss_cfg, ctx = self.recipe.loss, self.ctx
         k = len(reals)
+        self.disc_updates += 1
+        noise = self.draws.d_noise(self.disc_updates)
         self.disc.requires_grad_(True)
-        if k > 1:  # LeCam's averages take the means over the whole batch, as one batch would
-            with torch.no_grad(), ctx.autocast():
-                self.lecam.update(torch.cat([self.disc(r) for r in reals]), torch.cat([self.disc(f) for f in fakes]))
-        rows = []
+        rows, real_means, fake_means = [], [], []
         self.opt_d.zero_grad(set_to_none=True)
         for i in range(k):
             real = reals[i].detach().requires_grad_(loss_cfg.r1_weight > 0)
             with ctx.no_sync(self.train_disc, sync=i == k - 1):
                 with ctx.autocast():
                     real_logits = self.train_disc(real)
-                    fake_logits = self.train_disc(fakes[i])
-                    d_loss = discriminator_loss(loss_cfg.gan_loss, real_logits, fake_logits)
-                    if k == 1:
-                        self.lecam.update(real_logits, fake_logits)
+                    fake_logits = self.train_disc(fakes[i].detach())
+                    d_loss = discriminator_loss(loss_cfg.gan_loss, real_logits, fake_logits, noise=noise)
                     lecam = self.lecam.penalty(real_logits, fake_logits)
                     total = d_loss + loss_cfg.lecam_weight * lecam
                     if loss_cfg.r1_weight > 0:
                         total = total + loss_cfg.r1_weight / 2 * r1_penalty(real_logits, real)
-                self.scaler.scale(total if k == 1 else total / k).backward()
+                self.scaler_d.scale(total if k == 1 else total / k).backward()
+            real_means.append(real_logits.detach().float().mean())
+            fake_means.append(fake_logits.detach().float().mean())
             rows.append({"d_loss": float(d_loss.detach()), "lecam": float(lecam.detach()),
-                         "d_real": float(real_logits.detach().float().mean()),
-                         "d_fake": float(fake_logits.detach().float().mean())})
-        self._clip(self.disc.parameters(), self.opt_d)
-        self.scaler.step(self.opt_d)
-        self.sched_d.step()
+                         "d_total": float(total.detach()),
+                         "d_real": float(real_means[-1]), "d_fake": float(fake_means[-1])})
+        self.lecam.update(torch.stack(real_means).mean(), torch.stack(fake_means).mean())
+        self._clip(self.disc.parameters(), self.opt_d, self.scaler_d)
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        self.disc.requires_grad_(False)
         return _mean(rows)
 
     @torch.no_grad()
@@ -286,14 +333,14 @@ class TokenizerTask:
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(),
-            "sched_g": self.sched_g.state_dict(), "scaler": self.scaler.state_dict(),
+            "model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(), "scaler": self.scaler.state_dict(),
             "codebook": self.anti.state_dict(),
             "temperature": float(quantizer_of(self.model).temperature),
         }
         if self.disc is not None:
             state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(),
-                         sched_d=self.sched_d.state_dict(), lecam=self.lecam.state_dict())
+                         scaler_d=self.scaler_d.state_dict(), disc_updates=self.disc_updates,
+                         lecam=self.lecam.state_dict())
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -301,14 +348,14 @@ class TokenizerTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.opt_g.load_state_dict(state["opt_g"])
-        self.sched_g.load_state_dict(state["sched_g"])
         self.scaler.load_state_dict(state["scaler"])
         self.anti.load_state_dict(state["codebook"])
         quantizer_of(self.model).set_temperature(state["temperature"])
         if self.disc is not None:
             self.disc.load_state_dict(state["disc"])
             self.opt_d.load_state_dict(state["opt_d"])
-            self.sched_d.load_state_dict(state["sched_d"])
+            self.scaler_d.load_state_dict(state["scaler_d"])
+            self.disc_updates = int(state["disc_updates"])
             self.lecam.load_state_dict(state["lecam"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
