@@ -262,6 +262,11 @@ def test_train_unknown_keys_suggest_the_closest(capsys):
     assert err == "larp train: error: override 'optim.lrr=0.1': unknown key 'optim.lrr'; did you mean 'optim.lr'?\n"
     assert main(["train", "tokenizer", "--config", recipe, "run.max_step=3", "--print_config"]) == 1
     assert "did you mean 'run.max_steps'?" in capsys.readouterr().err
+    # Keys of the same section first, and an abbreviation before a spelling that happens to be close.
+    assert main(["train", "tokenizer", "--config", recipe, "optim.learning_rate=1e-3", "--print-config"]) == 1
+    assert "did you mean 'optim.lr'?" in capsys.readouterr().err
+    assert main(["train", "tokenizer", "--config", recipe, "loss.prior_wieght=1", "--print-config"]) == 1
+    assert "did you mean 'loss.prior_weight'?" in capsys.readouterr().err
 
 
 def test_config_keys_suggest_the_closest():

@@ -42,6 +42,16 @@ def test_ar_round_trip(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+def test_a_checkpoint_of_the_other_kind_is_named(tiny_folder, tmp_path):
+    _, tokenizer_folder = tiny_folder
+    with pytest.raises(CheckpointError, match=r"holds a tokenizer, not an AR model \(its config.json has "
+                                              r"bottleneck_token_num, .*\); pass it where a tokenizer is expected"):
+        LARPAR.from_pretrained(tokenizer_folder)
+    ar_folder = LARPAR(ar_preset("ar-tiny")).save_pretrained(tmp_path / "ar")
+    with pytest.raises(CheckpointError, match=r"holds an AR model, not a tokenizer .* vocab_size"):
+        LARPTokenizer.from_pretrained(ar_folder)
+
+
 def test_unknown_config_key_is_named(tiny_folder):
     _, folder = tiny_folder
     cfg = json.loads((folder / "config.json").read_text())
@@ -112,7 +122,7 @@ def test_missing_files_and_bad_json(tiny_folder):
 def test_released_ar_config_cannot_load_as_tokenizer(tmp_path):
     folder = tmp_path / "ar"
     shutil.copytree(official("ar_tiny"), folder)
-    with pytest.raises(CheckpointError, match="unknown key"):
+    with pytest.raises(CheckpointError, match="holds an AR model, not a tokenizer"):
         LARPTokenizer.from_pretrained(folder)
 
 

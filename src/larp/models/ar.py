@@ -147,6 +147,7 @@ class LabelEmbedder(nn.Module):
 
 class LARPAR(HubModelMixin, nn.Module):
     config_class = ARConfig
+    kind = "an AR model"
 
     def __init__(self, config: ARConfig):
         super().__init__()

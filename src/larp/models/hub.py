@@ -13,6 +13,7 @@ Every refusal is a `CheckpointError` that names the file and the tensors concern
 
 from __future__ import annotations
 
+
 import json
 import os
 import tempfile
@@ -76,6 +77,19 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ weights
+# Keys that only one kind of checkpoint's config.json has.
+_KIND_KEYS = {"a tokenizer": ("bottleneck_token_num", "encoder_hidden_size", "bottleneck"),
+              "an AR model": ("vocab_size", "n_layer", "cls_token_num")}
+
+
+def checkpoint_kind(config: dict[str, Any]) -> str | None:
+    """"a tokenizer" or "an AR model" from a config.json's keys; None when it looks like neither."""
+    for kind, keys in _KIND_KEYS.items():
+        if sum(k in config for k in keys) >= 2:
+            return kind
+    return None
+
+
 def read_weights_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (safetensors dtype, shape) from the file's header, without reading any weight."""
     if not file.is_file():
@@ -190,11 +204,18 @@ class HubModelMixin:
     `init_non_persistent_buffers()`, which `from_pretrained` calls after building on the meta device."""
 
     config_class: Any
+    kind: str | None = None  # "a tokenizer" or "an AR model": a checkpoint of the other kind is named as such
 
     @classmethod
     def config_from_folder(cls, folder: Path) -> Any:
+        data = read_config(folder)
+        found, wanted = checkpoint_kind(data), getattr(cls, "kind", None)
+        if found is not None and wanted is not None and found != wanted:
+            raise CheckpointError(f"{folder} holds {found}, not {wanted} (its {CONFIG_NAME} has "
+                                  f"{', '.join(k for k in _KIND_KEYS[found] if k in data)}); pass it where "
+                                  f"{found} is expected")
         try:
-            return cls.config_class.from_json_dict(read_config(folder))
+            return cls.config_class.from_json_dict(data)
         except ValueError as exc:
             raise CheckpointError(f"{folder / CONFIG_NAME}: {exc}") from exc
 

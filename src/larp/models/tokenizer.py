@@ -58,6 +58,7 @@ class OutputLayer(nn.Module):
 
 class LARPTokenizer(HubModelMixin, nn.Module):
     config_class = TokenizerConfig
+    kind = "a tokenizer"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()

@@ -116,12 +116,29 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _initials(name: str) -> str:
+    return "".join(part[0] for part in name.split("_") if part)
+
+
 def did_you_mean(word: str, candidates: Any) -> str | None:
-    """The candidate closest to a misspelt `word` (difflib), or None when none is close."""
+    """The candidate a misspelt dotted key `word` most likely meant, or None when none is close.
+
+    Keys of the same section come first (`optim.learning_rate` looks among `optim.*`); within them an
+    abbreviation (`lr` for `learning_rate`, or the reverse) wins, then the closest spelling (difflib)."""
     import difflib
 
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return close[0] if close else None
+    names = [str(c) for c in candidates]
+    section, _, last = word.rpartition(".")
+    same = [c for c in names if c.rpartition(".")[0] == section]
+    for pool in (same, names):
+        for cand in pool:
+            tail = cand.rpartition(".")[2]
+            if len(tail) > 1 and (_initials(last) == tail or _initials(tail) == last):
+                return cand
+        close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    return None
 
 
 def _key_paths(node: Any, prefix: str = "") -> list[str]:
