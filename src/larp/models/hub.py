@@ -13,7 +13,6 @@ Every refusal is a `CheckpointError` that names the file and the tensors concern
 
 from __future__ import annotations
 
-
 import json
 import os
 import tempfile
