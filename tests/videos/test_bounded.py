@@ -40,7 +40,7 @@ def tiny() -> LARPTokenizer:
 
 
 def _good(tmp_path: Path) -> tuple[VideoTokens, dict]:
-    tokens = tokenize_video(PixelCodec(), random_frames(5, 8, 8), fps=25.0)
+    tokens = tokenize_video(PixelCodec(), random_frames(5, 8, 8), spatial="crop", fps=25.0)
     return tokens, tokens.metadata()
 
 

@@ -135,7 +135,7 @@ def test_cover_and_crop_layouts_are_exact_when_no_resize_is_needed():
     frames = random_frames(11, 8, 21)  # shorter side already the model's 8
     recon, _ = reconstruct_video(codec, frames)  # cover
     assert torch.equal(recon, as_float(frames))
-    tokens = tokenize_video(codec, frames)  # crop: the centre 8x8
+    tokens = tokenize_video(codec, frames, spatial="crop")  # the centre 8x8
     assert tokens.tokens.shape == (3, codec.num_tokens) and tokens.layout.crop_box == (0, 6, 8, 8)
     assert torch.equal(decode_tokens(codec, tokens), as_float(frames)[..., 6:14])
 
@@ -166,7 +166,7 @@ def test_forty_frames_of_100x60_reconstruct_to_exactly_that_shape(tiny):
 
 def test_windows_pad_the_last_and_trim_it_back(tiny):
     frames = random_frames(37, 60, 100)
-    tokens = tokenize_video(tiny, frames, fps=12.5)
+    tokens = tokenize_video(tiny, frames, spatial="crop", fps=12.5)
     assert tokens.tokens.shape == (5, 32) and tokens.tokens.dtype == np.int64
     assert tokens.windows[-1] == (32, 5)
     assert tokens.output_shape == (3, 37, 60, 60)
@@ -294,11 +294,19 @@ def test_cli_tokenize_records_a_hub_id_as_given(tmp_path: Path):
         resolve_recorded_tokenizer("", token_file)
 
 
-def test_cli_spatial_modes_match_the_library():
-    from larp.videos.commands import SPATIAL_MODES as CLI_MODES
-    from larp.videos.layout import SPATIAL_MODES
+def test_the_api_and_the_cli_share_their_defaults():
+    import inspect
 
-    assert CLI_MODES == SPATIAL_MODES
+    from larp.cli import build_parser
+
+    args = build_parser().parse_args(["tokenize", "clip.mp4", "--tokenizer", "t", "-o", "clip.npz"])
+    api = inspect.signature(tokenize_video).parameters
+    assert (api["spatial"].default, api["batch_size"].default) == (args.spatial, args.batch_size) == ("cover", 8)
+    args = build_parser().parse_args(["reconstruct", "clip.mp4", "--tokenizer", "t", "-o", "r.mp4"])
+    api = inspect.signature(reconstruct_video).parameters
+    assert (api["tile"].default, api["batch_size"].default) == (args.spatial == "tile", args.batch_size)
+    args = build_parser().parse_args(["decode", "clip.npz", "-o", "d.mp4"])
+    assert inspect.signature(decode_tokens).parameters["batch_size"].default == args.batch_size
 
 
 def test_cli_outputs_need_overwrite(tiny_dir: Path, clip: Path, tmp_path: Path, capsys):

@@ -13,17 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from larp.utils import cli as opts
 from larp.utils.errors import USER_ERRORS, LarpError, one_line
+from larp.videos.defaults import DEFAULT_BATCH, DEFAULT_SPATIAL, SPATIAL_MODES
 
 if TYPE_CHECKING:
     import torch
 
     from larp.models.tokenizer import LARPTokenizer
 
-# larp.videos.layout.SPATIAL_MODES, repeated so that building the parser does not import torch (a test
-# keeps them equal). `reconstruct` offers the two layouts that give back the whole frame.
-SPATIAL_MODES = ("crop", "cover", "tile")
-DEFAULT_SPATIAL = "cover"
-DEFAULT_BATCH = 8
+# `reconstruct` offers the two layouts that give back the whole frame.
 
 
 def _load_tokenizer(name: str, device: torch.device) -> LARPTokenizer:

@@ -10,8 +10,8 @@ import torch
 
 from larp.data.transforms import short_side_size
 from larp.data.video_io import MAX_FRAME_SIDE
+from larp.videos.defaults import DEFAULT_SPATIAL, SPATIAL_MODES
 
-SPATIAL_MODES = ("crop", "cover", "tile")
 MAX_TILES = 65_536  # tiles per window (8K frames in 128-pixel tiles take about 7,000)
 
 
@@ -101,7 +101,7 @@ class SpatialLayout:
         return round(ch * h / rh), round(cw * w / rw)
 
 
-def plan_layout(height: int, width: int, size: int, spatial: str = "crop",
+def plan_layout(height: int, width: int, size: int, spatial: str = DEFAULT_SPATIAL,
                 overlap: int | None = None) -> SpatialLayout:
     """The layout of `spatial` ("crop", "cover" or "tile", see the module doc) for frames of height×width
     and a model taking size×size; `overlap` in pixels between tiles (default size // 4)."""

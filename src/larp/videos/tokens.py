@@ -47,6 +47,7 @@ from larp.models.config import SIZE_LIMITS
 from larp.models.tokenizer import LARPTokenizer
 from larp.utils.device import DTYPES, autocast
 from larp.utils.files import NpzArchive, atomic_write_bytes
+from larp.videos.defaults import DEFAULT_BATCH, DEFAULT_SPATIAL
 from larp.videos.layout import SpatialLayout, blend_tiles, plan_layout, plan_windows
 from larp.videos.source import FrameSource, VideoInput
 
@@ -308,9 +309,9 @@ def check_compatible(tokenizer: LARPTokenizer, tokens: VideoTokens) -> None:
 
 
 @torch.no_grad()
-def tokenize_video(tokenizer: LARPTokenizer, frames: VideoInput, *, spatial: str = "crop",
+def tokenize_video(tokenizer: LARPTokenizer, frames: VideoInput, *, spatial: str = DEFAULT_SPATIAL,
                    overlap: int | None = None, fps: float | None = None, tokenizer_id: str = "",
-                   batch_size: int = 4, device: torch.device | str | None = None,
+                   batch_size: int = DEFAULT_BATCH, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32,
                    progress: Callable[[int, int], None] | None = None) -> VideoTokens:
     """Tokens of a whole video: uint8 frames (T, H, W, 3), a float video (3, T, H, W) in [0, 1], or the
@@ -362,7 +363,7 @@ def _frame_groups(real: int, per_frame_bytes: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def iter_decode(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: int = 4,
+def iter_decode(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: int = DEFAULT_BATCH,
                 device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
     """`decode_tokens` in order, as float32 CPU chunks (3, frames, H_out, W_out): one per window, or
@@ -403,7 +404,7 @@ def _whole(num_frames: int, size: tuple[int, int], max_bytes: int | None, stream
                          "max_bytes=None)")
 
 
-def decode_tokens(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: int = 4,
+def decode_tokens(tokenizer: LARPTokenizer, tokens: VideoTokens, *, batch_size: int = DEFAULT_BATCH,
                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                   max_bytes: int | None = WHOLE_VIDEO_MAX_BYTES) -> torch.Tensor:
     """Decode a whole video's tokens -> float32 (3, num_frames, H_out, W_out) in [0, 1], on the CPU.
@@ -444,7 +445,7 @@ class PSNRMeter:
 
 
 def iter_reconstruct(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool = False,
-                     overlap: int | None = None, batch_size: int = 4, device: torch.device | str | None = None,
+                     overlap: int | None = None, batch_size: int = DEFAULT_BATCH, device: torch.device | str | None = None,
                      dtype: torch.dtype = torch.float32, meter: PSNRMeter | None = None,
                      progress: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
     """`reconstruct_video` as CPU float32 chunks (see `iter_decode`), updating `meter` with each chunk.
@@ -462,7 +463,7 @@ def iter_reconstruct(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool
 
 
 def reconstruct_video(tokenizer: LARPTokenizer, frames: VideoInput, *, tile: bool = False,
-                      overlap: int | None = None, batch_size: int = 4, device: torch.device | str | None = None,
+                      overlap: int | None = None, batch_size: int = DEFAULT_BATCH, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32,
                       max_bytes: int | None = WHOLE_VIDEO_MAX_BYTES) -> tuple[torch.Tensor, float]:
     """Tokenize and decode a whole video -> (float32 (3, T, H, W) in [0, 1], PSNR in dB against the input).
