@@ -334,3 +334,38 @@ def test_the_manifest_is_the_same_wherever_the_data_lies(data, tmp_path):
                              progress=False, min_per_class=1)["manifest"]["sha256"]
     assert again.root != data.root and second == first
 
+
+def test_evaluation_records_the_manifest(data):
+    from larp import LARPTokenizer
+    from larp.eval.protocols import evaluate_tokenizer
+    from tests.conftest import official
+
+    tokenizer = LARPTokenizer.from_pretrained(official("tokenizer_tiny"))
+    train, val = clean_set(data)
+    manifest = Path(run(data, train, val)["manifest"]["path"])
+    result = evaluate_tokenizer(tokenizer, val, protocol="heldout", fvd=False, lpips=False, progress=False,
+                                manifest=manifest)
+    recorded = result["protocol"]["dataset_manifest"]
+    assert (recorded["sha256"], recorded["list"]) == (sha256_of(manifest), "val")
+    one = write_csv(data.root / "one.csv", read_video_csv(val)[:1])
+    with pytest.raises(ValueError, match="one.csv is none of the lists of the manifest"):
+        evaluate_tokenizer(tokenizer, one, protocol="heldout", fvd=False, lpips=False, progress=False,
+                           manifest=manifest)
+
+
+def test_a_sampling_job_records_the_manifest(data, tmp_path, capsys):
+    from tests.conftest import official
+
+    train, val = clean_set(data)
+    manifest = Path(run(data, train, val)["manifest"]["path"])
+    base = ["sample", "--ar_model", str(official("ar_tiny")), "--tokenizer", str(official("tokenizer_tiny")),
+            "--device", "cpu", "--num_samples", "2", "--sample_batch_size", "2", "--no_fvd",
+            "--manifest", str(manifest)]
+    assert main([*base, "--dataset_csv", str(val), "--output_dir", str(tmp_path / "job")]) == 0
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert job["dataset_manifest_sha256"] == sha256_of(manifest)
+    capsys.readouterr()
+    one = write_csv(data.root / "one.csv", read_video_csv(val)[:1])
+    assert main([*base, "--dataset_csv", str(one), "--output_dir", str(tmp_path / "job2")]) == 1
+    assert "is none of the lists of the manifest" in capsys.readouterr().err
+    assert not (tmp_path / "job2" / "job.json").exists()
