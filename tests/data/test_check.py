@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -252,6 +253,29 @@ def test_bad_input_is_a_one_line_error_with_status_2(tmp_path, capsys, content, 
     assert main(["data", "check", str(csv), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("larp data check: error: ") and message in err and err.count("\n") == 1
+
+
+def test_an_unusable_out_folder_exits_2_not_1(data, tmp_path, capsys):
+    train, _ = clean_set(data)
+    (tmp_path / "out").write_text("a file")
+    assert main(["data", "check", str(train), "-o", str(tmp_path / "out")]) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "cache.jsonl").mkdir()  # the cache cannot be written
+    assert main(["data", "check", str(train), "-o", str(tmp_path / "locked"), "--workers", "1"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("larp data check: error: ") and "cache.jsonl" in last
+
+
+def _die(path: str) -> check.VideoResult:
+    os._exit(3)  # a decoder that takes its process down
+
+
+def test_a_crashed_worker_stops_the_check_with_status_2(data, tmp_path, monkeypatch, capsys):
+    train, _ = clean_set(data)
+    monkeypatch.setattr(check, "probe_file", _die)
+    assert main(["data", "check", str(train), "-o", str(tmp_path / "out"), "--workers", "2"]) == 2
+    assert "a worker process died" in capsys.readouterr().err
 
 
 def test_clean_lists_are_not_written_over_inputs_or_existing_files(data, tmp_path, capsys):

@@ -47,8 +47,9 @@ _FLAT_NORM = 1.0  # a video whose thumbnails are uniform (all black, say) has no
 _CHUNK = 16  # frames decoded per step
 
 
-class DataCheckInputError(LarpError):
-    """Input that `larp data check` cannot check (no such CSV, not a metadata CSV...): exit status 2."""
+class DataCheckError(LarpError):
+    """The check could not run (no such CSV, not a metadata CSV, a decoder that crashed...): exit status 2,
+    since 1 means "problems found"."""
 
     exit_status = 2
 
@@ -218,6 +219,13 @@ class ResultCache:
         atomic_write_bytes(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def default_workers() -> int:
+    """The CPU cores this process may use (a container's or job's share, where the system says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _stat_key(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -243,7 +251,7 @@ def _pool_results(todo: list[str], workers: int) -> Iterator[VideoResult]:
                 for future in done:
                     yield future.result()
         except BrokenProcessPool as exc:
-            raise LarpError(f"a worker process died while decoding a video ({exc}); the results so far are "
+            raise DataCheckError(f"a worker process died while decoding a video ({exc}); the results so far are "
                             "cached: run the check again with --workers 1 to see which file fails") from exc
         finally:
             for future in pending:
@@ -280,21 +288,21 @@ def probe_all(paths: list[str], cache: ResultCache, workers: int, progress: bool
 
 # ------------------------------------------------------------------------------------------ the whole check
 def load_lists(csvs: Iterable[str | os.PathLike]) -> list[CheckList]:
-    """The CSVs' rows (missing videos kept, to be reported); unusable input raises DataCheckInputError."""
+    """The CSVs' rows (missing videos kept, to be reported); unusable input raises DataCheckError."""
     from larp.data.datasets import read_video_csv
 
     lists: list[CheckList] = []
     for csv in csvs:
         path = Path(csv)
         if not path.exists():
-            raise DataCheckInputError(f"no such CSV: {path} (expected a metadata CSV with the columns "
+            raise DataCheckError(f"no such CSV: {path} (expected a metadata CSV with the columns "
                                       "id,path,action,label, as `larp prepare-data` writes)")
         if any(path.resolve() == other.csv.resolve() for other in lists):
-            raise DataCheckInputError(f"{path} is given twice")
+            raise DataCheckError(f"{path} is given twice")
         try:
             rows = read_video_csv(path, allow_missing=True)
         except (ValueError, OSError) as exc:
-            raise DataCheckInputError(str(exc)) from None
+            raise DataCheckError(str(exc)) from None
         # one spelling per file, so that a file listed twice (or in two lists) is one file
         rows = [dataclasses.replace(row, path=os.path.abspath(row.path)) for row in rows]
         name = path.stem
@@ -302,22 +310,22 @@ def load_lists(csvs: Iterable[str | os.PathLike]) -> list[CheckList]:
             name = f"{path.parent.name}/{path.stem}"
         lists.append(CheckList(name, path, rows))
     if not lists:
-        raise DataCheckInputError("no CSV given")
+        raise DataCheckError("no CSV given")
     return lists
 
 
 def _clean_targets(lists: list[CheckList], folder: Path, overwrite: bool) -> list[Path]:
     targets = [folder / lst.csv.name for lst in lists]
     if len(set(targets)) < len(targets):
-        raise DataCheckInputError(f"the CSVs share file names ({', '.join(t.name for t in targets)}); "
+        raise DataCheckError(f"the CSVs share file names ({', '.join(t.name for t in targets)}); "
                                   f"--write_clean writes each under its name in {folder}")
     for target, lst in zip(targets, lists, strict=True):
         if target.resolve() == lst.csv.resolve():
-            raise DataCheckInputError(f"--write_clean {folder} would replace the input {lst.csv}; give "
+            raise DataCheckError(f"--write_clean {folder} would replace the input {lst.csv}; give "
                                       "another folder")
     existing = [str(t) for t in [*targets, folder / "manifest.json"] if t.exists()]
     if existing and not overwrite:
-        raise DataCheckInputError(f"{', '.join(existing)} exist(s) already; pass --overwrite to replace")
+        raise DataCheckError(f"{', '.join(existing)} exist(s) already; pass --overwrite to replace")
     return targets
 
 
@@ -341,12 +349,12 @@ def run_check(
     lists = load_lists(csvs)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataCheckInputError(f"--out {out} is a file; expected a folder for check.json and the cache")
+        raise DataCheckError(f"--out {out} is a file; expected a folder for check.json and the cache")
     clean_dir = Path(write_clean) if write_clean is not None else None
     targets = _clean_targets(lists, clean_dir, overwrite) if clean_dir is not None else []
     if not 0 <= near_threshold < SIMHASH_BITS:
-        raise DataCheckInputError(f"near_threshold must lie in [0, {SIMHASH_BITS}), got {near_threshold}")
-    workers = workers or os.cpu_count() or 1
+        raise DataCheckError(f"near_threshold must lie in [0, {SIMHASH_BITS}), got {near_threshold}")
+    workers = workers or default_workers()
     out.mkdir(parents=True, exist_ok=True)
 
     paths = [row.path for lst in lists for row in lst.rows]

@@ -77,12 +77,19 @@ def _synth_data(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from larp.data.check import run_check
+    from larp.data.check import DataCheckError, run_check
     from larp.data.check_report import format_report, summary_line
+    from larp.utils.errors import one_line
 
-    report = run_check(args.csvs, args.out, workers=args.workers, min_per_class=args.min_per_class,
-                       near_threshold=args.near_threshold, write_clean=args.write_clean,
-                       overwrite=args.overwrite)
+    try:
+        report = run_check(args.csvs, args.out, workers=args.workers, min_per_class=args.min_per_class,
+                           near_threshold=args.near_threshold, write_clean=args.write_clean,
+                           overwrite=args.overwrite)
+    except (LarpError, ValueError, OSError) as exc:
+        if isinstance(exc, DataCheckError):
+            raise
+        # Exit status 1 means "problems found": a check that could not run (an unwritable --out...) exits 2.
+        raise DataCheckError(one_line(exc)) from exc
     print(format_report(report, show=args.show))
     print()
     print(f"manifest {report['manifest']['path']} (sha256 {report['manifest']['sha256']})")
@@ -104,7 +111,7 @@ found in two lists, class balance and classes with too few clips. Give the lists
 val, then test): --write_clean drops from the later lists what repeats an earlier one. Writes
 OUT/check.json (everything), OUT/manifest.json (the files, whose SHA-256 `larp eval tokenizer --manifest`
 and `larp sample --manifest` record) and OUT/cache.jsonl (per-file results: a re-run probes only new or
-changed files). Exit status: 0 clean, 1 problems found, 2 the input could not be checked."""
+changed files). Exit status: 0 clean, 1 problems found, 2 the check could not run."""
 
 
 def _with_logging(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -155,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_output(check, required=False, default="data_check", metavar="FOLDER",
                     help="folder for check.json, manifest.json and the cache of per-file results")
     opts.add_option(check, "workers", type=opts.positive_int, default=None,
-                    help="processes decoding videos (default: the number of CPU cores)")
+                    help="processes decoding videos (default: one per CPU core this process may use)")
     opts.add_option(check, "min_per_class", type=opts.non_negative_int, default=10,
                     help="fewer usable clips of a class in a list is a problem (0: no minimum)")
     opts.add_option(check, "near_threshold", type=opts.non_negative_int, default=24,
