@@ -32,6 +32,7 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 # Videos sharing one 16-bit band of their hash are compared; a band value shared by more videos than this
 # (a degenerate content such as a title card in many clips) is skipped rather than compared pairwise.
 MAX_BUCKET = 5000
+_SMALL_BUCKET = 32  # buckets up to this size are compared by vectorised offsets, larger ones pair by pair
 
 # Problem kinds in report order, with their headings ({n}: --min_per_class).
 KINDS: dict[str, str] = {
@@ -76,22 +77,33 @@ def near_pairs(hashes: Sequence[str], threshold: int) -> tuple[dict[tuple[int, i
         return found, 0
     arr = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=np.uint8).reshape(len(hashes), -1)
     bands = arr.view(np.uint16)
+
+    def compare(a: np.ndarray, c: np.ndarray) -> None:
+        a, c = np.minimum(a, c), np.maximum(a, c)
+        dist = _POPCOUNT[arr[a] ^ arr[c]].sum(axis=1)
+        keep = dist <= threshold
+        for x, y, d in zip(a[keep], c[keep], dist[keep], strict=True):
+            found[(int(x), int(y))] = int(d)
+
     skipped = 0
     for b in range(bands.shape[1]):
         order = np.argsort(bands[:, b], kind="stable")
         values = bands[order, b]
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-        ends = np.r_[starts[1:], len(values)]
-        for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
-            if end - start > MAX_BUCKET:
-                skipped += 1
-                continue
-            members = order[start:end]
-            ii, jj = np.triu_indices(len(members), 1)
-            a, c = np.minimum(members[ii], members[jj]), np.maximum(members[ii], members[jj])
-            dist = _POPCOUNT[arr[a] ^ arr[c]].sum(axis=1)
-            for x, y, d in zip(a[dist <= threshold], c[dist <= threshold], dist[dist <= threshold], strict=True):
-                found[(int(x), int(y))] = int(d)
+        sizes = np.diff(np.r_[starts, len(values)])
+        skipped += int((sizes > MAX_BUCKET).sum())
+        # Small buckets (most of them) at once: position i against i + k of the same bucket, k = 1, 2, ...
+        small = np.repeat((sizes >= 2) & (sizes <= _SMALL_BUCKET), sizes)
+        for k in range(1, min(_SMALL_BUCKET, int(sizes.max()))):
+            i = np.flatnonzero(small[:-k] & (values[:-k] == values[k:]))
+            if len(i) == 0:
+                break
+            compare(order[i], order[i + k])
+        for start, size in zip(starts, sizes, strict=True):
+            if _SMALL_BUCKET < size <= MAX_BUCKET:
+                members = order[start:start + size]
+                ii, jj = np.triu_indices(size, 1)
+                compare(members[ii], members[jj])
     return found, skipped
 
 
