@@ -302,6 +302,14 @@ def test_near_pairs_finds_every_pair_within_the_threshold():
     assert skipped == 0
     assert pairs == {(0, 6): 0, (1, 7): 5, (2, 8): 15, (3, 9): 20}  # 30 and 40 bits: too far
     assert check.hamming(hashes[4], hashes[10]) == 30
+    # a bucket larger than the vectorised ones: 40 hashes sharing their first band, one near pair in it
+    crowd = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    crowd[:, :2] = 7
+    crowd_bits = np.unpackbits(crowd[0])
+    crowd_bits[rng.choice(np.arange(16, 256), 12, replace=False)] ^= 1
+    crowd[39] = np.packbits(crowd_bits)
+    pairs, _ = check_report.near_pairs([c.tobytes().hex() for c in crowd], threshold=24)
+    assert pairs == {(0, 39): 12}
 
 
 @pytest.mark.parametrize("name, source", [

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from larp.data.check_report import CheckList, analyse, clean_lists
+from larp.data.video_io import VideoReader, VideoReadError  # imported before the workers fork, once
 from larp.utils.errors import LarpError
 from larp.utils.files import atomic_write_bytes, sha256_of
 
@@ -133,8 +134,6 @@ def hamming(a: str, b: str) -> int:
 # ------------------------------------------------------------------------------------------ one file
 def probe_file(path: str) -> VideoResult:
     """Everything the check learns about one file. Never raises: a failure is the result's `error`."""
-    from larp.data.video_io import VideoReader, VideoReadError
-
     p = Path(path)
     try:
         st = p.stat()
