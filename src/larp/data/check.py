@@ -26,14 +26,14 @@ import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from larp.data.check_report import CheckList, analyse, clean_lists
+from larp.data.check_report import CheckList, VideoResult, analyse, clean_lists
 from larp.data.video_io import VideoReader, VideoReadError  # imported before the workers fork, once
 from larp.utils.errors import LarpError
 from larp.utils.files import atomic_write_bytes, sha256_of
@@ -53,35 +53,6 @@ class DataCheckError(LarpError):
     since 1 means "problems found"."""
 
     exit_status = 2
-
-
-@dataclass
-class VideoResult:
-    """What the check learned about one file; `status` is "ok", "missing" or "unreadable" (see `error`)."""
-
-    path: str
-    status: str
-    error: str | None = None
-    size: int | None = None
-    mtime_ns: int | None = None
-    sha256: str | None = None
-    frames: int | None = None  # decoded, not declared
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    content_key: str | None = None
-    simhash: str | None = None  # hex; None when the video is uniform
-
-    @property
-    def duration(self) -> float | None:
-        return self.frames / self.fps if self.frames and self.fps else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "duration": self.duration}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VideoResult:
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 # ------------------------------------------------------------------------------------------ content hashes

@@ -1,4 +1,5 @@
-"""The analysis of `larp data check` across lists, its terminal report and the cleaned lists.
+"""The analysis of `larp data check` across lists, its terminal report and the cleaned lists; `VideoResult`,
+what the check learns about one file (`check.probe_file`), is defined here, where it is read.
 
 Problems (each makes the check exit with status 1):
 - missing and unreadable videos;
@@ -16,14 +17,13 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from larp.data.check import VideoResult
     from larp.data.prepare import VideoRow
 
 _UCF_NAME = re.compile(r"^v_(?P<action>[A-Za-z0-9]+)_g(?P<group>\d+)_c\d+$")
@@ -46,6 +46,35 @@ KINDS: dict[str, str] = {
     "small_class": "classes with fewer than {n} usable clips",
     "label_conflict": "class names and labels that disagree",
 }
+
+
+@dataclass
+class VideoResult:
+    """What the check learned about one file; `status` is "ok", "missing" or "unreadable" (see `error`)."""
+
+    path: str
+    status: str
+    error: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    frames: int | None = None  # decoded, not declared
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    content_key: str | None = None
+    simhash: str | None = None  # hex; None when the video is uniform
+
+    @property
+    def duration(self) -> float | None:
+        return self.frames / self.fps if self.frames and self.fps else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "duration": self.duration}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoResult:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from larp.utils.files import sha256_of, write_json
 
 if TYPE_CHECKING:
-    from larp.data.check import VideoResult
+    from larp.data.check_report import VideoResult
     from larp.data.prepare import VideoRow
 
 MANIFEST_FORMAT = "larp-data-manifest"
