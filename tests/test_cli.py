@@ -25,7 +25,7 @@ def test_cli_doc_is_current():
 def test_every_command_is_documented():
     ref = cli_reference()
     for cmd in ("train", "tokenize-dataset", "sample", "eval tokenizer", "fvd", "tokenize", "decode",
-                "reconstruct", "demo", "prepare-data ucf101", "synth-data"):
+                "reconstruct", "demo", "prepare-data ucf101", "synth-data", "data check"):
         assert f"## `larp {cmd}`" in ref, cmd
 
 

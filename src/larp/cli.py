@@ -9,8 +9,9 @@ importing any module (no torch), and `larp COMMAND ...` imports only COMMAND's m
 from the table still works (every module is imported to find it) but is not listed by `larp --help`.
 
 Errors: a user error (`larp.utils.errors.USER_ERRORS`: LarpError, ValueError, OSError) is printed as
-`larp COMMAND: error: <one line>` with exit status 1; usage errors exit with 2 (argparse), Ctrl-C with
-130; `--debug` (anywhere on the line) shows the traceback instead."""
+`larp COMMAND: error: <one line>` with exit status 1 (or the error's `exit_status`: `larp data check`
+keeps 1 for "problems found"); usage errors exit with 2 (argparse), Ctrl-C with 130; `--debug`
+(anywhere on the line) shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from larp.utils.errors import USER_ERRORS, one_line
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("larp.data.commands", "write metadata CSVs (id,path,action,label) for a dataset"),
     "synth-data": ("larp.data.commands", "write the synthetic dataset (mp4 clips + train/val CSVs)"),
+    "data": ("larp.data.commands", "check what the videos of dataset CSVs hold (see `larp data check -h`)"),
     "train": ("larp.train.commands", "train a tokenizer or an AR model from a YAML recipe"),
     "tokenize-dataset": ("larp.train.commands", "encode a dataset once into a token cache for AR training"),
     "sample": ("larp.sample.commands", "sample videos with an AR model for FVD (the reference protocol)"),
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        return int(getattr(exc, "exit_status", 1))
     return int(result or 0)
 
 

@@ -1,4 +1,4 @@
-"""`larp prepare-data ucf101|k600|folder ...` and `larp synth-data [-o] OUT ...`."""
+"""`larp prepare-data ucf101|k600|folder ...`, `larp synth-data [-o] OUT ...` and `larp data check CSV ...`."""
 
 from __future__ import annotations
 
@@ -76,6 +76,44 @@ def _synth_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from larp.data.check import DataCheckError, run_check
+    from larp.data.check_report import format_report, summary_line
+    from larp.utils.errors import one_line
+
+    try:
+        report = run_check(args.csvs, args.out, workers=args.workers, min_per_class=args.min_per_class,
+                           near_threshold=args.near_threshold, write_clean=args.write_clean,
+                           overwrite=args.overwrite)
+    except (LarpError, ValueError, OSError) as exc:
+        if isinstance(exc, DataCheckError):
+            raise
+        # Exit status 1 means "problems found": a check that could not run (an unwritable --out...) exits 2.
+        raise DataCheckError(one_line(exc)) from exc
+    print(format_report(report, show=args.show))
+    print()
+    print(f"manifest {report['manifest']['path']} (sha256 {report['manifest']['sha256']})")
+    if "clean" in report:
+        for item in report["clean"]["lists"]:
+            print(f"wrote {item['csv']}: {item['kept']} videos kept, {len(item['removed'])} removed")
+        clean = report["clean"]["manifest"]
+        print(f"manifest of the cleaned lists {clean['path']} (sha256 {clean['sha256']})")
+    print(summary_line(report, str(Path(args.out) / "check.json")))
+    return 1 if any(report["counts"].values()) else 0
+
+
+DATA_CHECK_DESCRIPTION = """\
+Check what the videos of dataset CSVs (id,path,action,label, as `larp prepare-data` writes them) hold:
+each video's presence, whether it decodes to its last frame, its frames, frame rate, size and duration,
+its file SHA-256 and a content hash of its decoded frames; across the lists, missing and unreadable
+videos, identical and near-duplicate videos within and across lists, UCF-101 groups and YouTube ids
+found in two lists, class balance and classes with too few clips. Give the lists in order (train, then
+val, then test): --write_clean drops from the later lists what repeats an earlier one. Writes
+OUT/check.json (everything), OUT/manifest.json (the files, whose SHA-256 `larp eval tokenizer --manifest`
+and `larp sample --manifest` record) and OUT/cache.jsonl (per-file results: a re-run probes only new or
+changed files). Exit status: 0 clean, 1 problems found, 2 the check could not run."""
+
+
 def _with_logging(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Builders report counts (e.g. missing Kinetics clips) through logging; show them on the terminal."""
 
@@ -113,6 +151,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     folder.add_argument("out_csv", help="the CSV to write")
     opts.add_overwrite(folder)
     folder.set_defaults(func=_with_logging(_prepare_folder))
+
+    data = sub.add_parser("data", help="check what the videos of dataset CSVs hold (see `larp data check -h`)")
+    data_kinds = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    check = data_kinds.add_parser("check", help="what the videos of dataset CSVs hold: missing, unreadable, "
+                                                "duplicated or leaking videos, class balance",
+                                  description=DATA_CHECK_DESCRIPTION,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("csvs", nargs="+", metavar="CSV", help="metadata CSVs, in order: train, val, test")
+    opts.add_output(check, required=False, default="data_check", metavar="FOLDER",
+                    help="folder for check.json, manifest.json and the cache of per-file results")
+    opts.add_option(check, "workers", type=opts.positive_int, default=None,
+                    help="processes decoding videos (default: one per CPU core this process may use)")
+    opts.add_option(check, "min_per_class", type=opts.non_negative_int, default=10,
+                    help="fewer usable clips of a class in a list is a problem (0: no minimum)")
+    opts.add_option(check, "near_threshold", type=opts.non_negative_int, default=24,
+                    help="content hashes (256 bits) differing in at most this many bits are near duplicates")
+    opts.add_option(check, "write_clean", default=None, metavar="DIR",
+                    help="also write the CSVs without missing, unreadable and repeated videos, and their "
+                         "manifest, to DIR (default: none)")
+    opts.add_option(check, "show", type=opts.non_negative_int, default=10,
+                    help="examples shown per kind of problem (check.json lists all)")
+    opts.add_overwrite(check, help="replace cleaned CSVs that exist already in --write_clean DIR")
+    check.set_defaults(func=_data_check)
 
     synth = sub.add_parser("synth-data", help="write the synthetic dataset (mp4 clips + train/val CSVs)",
                            description="Write the synthetic dataset: classes of coloured shapes moving over a "

@@ -36,8 +36,13 @@ class TooManyBadVideosError(LarpError):
     """More than the allowed fraction of a dataset's videos could not be read."""
 
 
-def read_video_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[VideoRow]:
-    """Rows of a metadata CSV with paths resolved (against `root`, else the CSV's folder) and checked."""
+def read_video_csv(
+    csv_path: str | os.PathLike, root: str | os.PathLike | None = None, *, allow_missing: bool = False
+) -> list[VideoRow]:
+    """Rows of a metadata CSV with paths resolved (against `root`, else the CSV's folder) and checked.
+
+    Listed videos that do not exist raise FileNotFoundError, unless `allow_missing` (`larp data check`
+    reports them instead)."""
     csv_path = Path(csv_path)
     if csv_path.is_dir():
         raise IsADirectoryError(f"{csv_path} is a folder; expected a metadata CSV file (id,path,action,label)")
@@ -54,13 +59,13 @@ def read_video_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None =
         raise ValueError(f"{csv_path} holds NUL bytes (a binary file?); expected a metadata CSV with the "
                          f"columns {','.join(CSV_COLUMNS)}")
     try:
-        return _parse_video_csv(csv_path, text, base)
+        return _parse_video_csv(csv_path, text, base, allow_missing)
     except csv.Error as exc:  # e.g. a field over the csv module's size limit: not a metadata CSV
         raise ValueError(f"{csv_path} is not a readable CSV ({exc}); expected the columns "
                          f"{','.join(CSV_COLUMNS)}") from None
 
 
-def _parse_video_csv(csv_path: Path, text: str, base: Path) -> list[VideoRow]:
+def _parse_video_csv(csv_path: Path, text: str, base: Path, allow_missing: bool = False) -> list[VideoRow]:
     rows: list[VideoRow] = []
     missing: list[str] = []
     with io.StringIO(text, newline="") as f:
@@ -85,7 +90,7 @@ def _parse_video_csv(csv_path: Path, text: str, base: Path) -> list[VideoRow]:
             path = Path(r["path"])
             if not path.is_absolute():
                 path = base / path
-            if not path.is_file():
+            if not allow_missing and not path.is_file():
                 missing.append(f"line {line}: {path}")
             rows.append(VideoRow(id=r["id"], path=str(path), action=r["action"], label=label))
     if missing:

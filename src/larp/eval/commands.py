@@ -100,6 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="deterministic (argmax) quantisation, the protocol's choice (default: on); --no_det samples codes")
     opts.add_option(t, "no_lpips", action="store_true", help="skip LPIPS (it needs the VGG-16 ImageNet weights)")
     opts.add_option(t, "no_fvd", action="store_true", help="skip rFVD (it needs the I3D detector file)")
+    opts.add_option(t, "manifest", default=None, metavar="FILE",
+                    help="the manifest.json of `larp data check`: the CSV must be one of its lists (same files, "
+                         "order, labels and sizes), and its SHA-256 is recorded with the numbers (default: none)")
     _add_common(t, batch_size=8)
     t.set_defaults(func=run_eval_tokenizer)
 
@@ -162,7 +165,7 @@ def run_eval_tokenizer(args: argparse.Namespace) -> int:
         tokenizer, args.dataset_csv, protocol=args.protocol, num_clips=args.num_clips, seed=args.seed,
         batch_size=args.batch_size, device=resolve_device(args.device), use_amp=args.use_amp, dtype=args.dtype,
         deterministic=args.det, detector=args.i3d_path, lpips=not args.no_lpips, fvd=not args.no_fvd,
-        num_workers=args.num_workers, stats_dir=args.stats_dir)
+        num_workers=args.num_workers, stats_dir=args.stats_dir, manifest=args.manifest)
     result["tokenizer"] = args.tokenizer
     m = result["metrics"]
     parts = [f"rFVD {m['rfvd']:.3f}"] if "rfvd" in m else []

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from larp.data.datasets import VideoClipDataset, VideoCSVDataset, read_video_csv
+from larp.data.manifest import verify_manifest
 from larp.data.prepare import VideoRow
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import probe_video, read_clip
@@ -132,6 +133,7 @@ def evaluate_tokenizer(
     stats_dir: str | os.PathLike | None = None,
     progress: bool = True,
     fvd: bool = True,
+    manifest: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """rFVD, PSNR, SSIM (and LPIPS) of `tokenizer` over one clip per video of `dataset_csv`;
     `fvd=False` leaves rFVD out (no I3D detector needed). Precision: `dtype` ("float32", "bfloat16",
@@ -139,7 +141,8 @@ def evaluate_tokenizer(
 
     Clip size and length follow the tokenizer (the released one takes 16x128x128, the protocol's clips).
     Every check (CSV, clip count, detector, LPIPS weights) runs before the first clip is read.
-    `stats_dir`: also save the real and reconstruction feature statistics there (`real.npz`, `recon.npz`)."""
+    `stats_dir`: also save the real and reconstruction feature statistics there (`real.npz`, `recon.npz`).
+    `manifest`: a `larp data check` manifest that must list the CSV's files; its SHA-256 is recorded."""
     proto = get_protocol(protocol)
     device = torch.device(device)
     if dtype is not None and use_amp:
@@ -148,6 +151,7 @@ def evaluate_tokenizer(
     csv_path = resolve_protocol_csv(dataset_csv, proto)
     rows = read_video_csv(csv_path)
     indices = select_clips(len(rows), num_clips, seed, fvd=fvd)
+    manifest_record = verify_manifest(manifest, rows, csv_path) if manifest is not None else None
     if len(rows) != proto.expected_videos:
         log.info("%s lists %d videos; the %r protocol on UCF-101 split 1 has %d", csv_path, len(rows),
                  proto.name, proto.expected_videos)
@@ -171,6 +175,7 @@ def evaluate_tokenizer(
     record = {
         **asdict(proto),
         "dataset_csv": str(csv_path),
+        "dataset_manifest": manifest_record,
         "videos_in_csv": len(rows),
         "num_clips": count,
         "clip_selection": "all videos" if num_clips is None else f"random.Random({seed}).sample, sorted",

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help=f"the I3D detector file (default: ${ENV_I3D_PATH}, then ~/.cache/larp/"
                          "i3d_torchscript.pt, then a verified download)")
     opts.add_option(p, "no_fvd", action="store_true", help="write samples only: no detector, no statistics, no FVD")
+    opts.add_option(p, "manifest", default=None, metavar="FILE",
+                    help="the manifest.json of `larp data check`: --dataset_csv must be one of its lists, and "
+                         "its SHA-256 is part of the job and of fvd.json (default: none)")
     opts.add_overwrite(p, help="replace a job with other settings in --output_dir (what it wrote is removed; "
                                "a job with the same settings resumes either way)")
     p.set_defaults(func=run)

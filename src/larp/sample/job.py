@@ -40,6 +40,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from larp.data.datasets import read_video_csv
+from larp.data.manifest import verify_manifest
 from larp.data.video_io import write_gif, write_mp4, write_png_grid
 from larp.eval import fvd as fvd_lib
 from larp.eval.protocols import Chunk, ChunkDataset, ucf_gfvd_chunks
@@ -95,6 +96,7 @@ class SampleConfig:
     device: str = "auto"
     i3d_path: str | None = None
     no_fvd: bool = False
+    manifest: str | None = None  # a `larp data check` manifest that must list the CSV's files
     overwrite: bool = False  # replace a job with other settings in output_dir (a job with these settings resumes)
 
     def __post_init__(self) -> None:
@@ -216,13 +218,15 @@ def _load_clips(cfg: SampleConfig, out: Path, csv_path: Path, csv_sha: str, fram
     return clips
 
 
-def _job_record(cfg: SampleConfig, csv_path: Path, csv_sha: str, dtype: torch.dtype) -> dict[str, Any]:
+def _job_record(cfg: SampleConfig, csv_path: Path, csv_sha: str, dtype: torch.dtype,
+                manifest_sha: str | None = None) -> dict[str, Any]:
     """The settings that decide the samples; all shards of a job must agree on them."""
     return {"ar_model": _model_id(cfg.ar_model), "tokenizer": _model_id(cfg.tokenizer),
             "num_samples_total": cfg.total, "sample_batch_size": cfg.sample_batch_size,
             "cfg_scale": cfg.cfg_scale, "cfg_interval": cfg.cfg_interval, "temperature": cfg.temperature,
             "top_k": cfg.top_k, "top_p": cfg.top_p, "dtype": str(dtype).removeprefix("torch."),
             "dataset_csv": str(csv_path.resolve()), "dataset_csv_sha256": csv_sha,
+            "dataset_manifest_sha256": manifest_sha,
             "dataset_split_seed": cfg.dataset_split_seed, "fp": cfg.fp, "num_cond_frames": cfg.num_cond_frames,
             "seed": cfg.seed, "compute_fvd": not cfg.no_fvd}
 
@@ -266,12 +270,15 @@ def prepare(cfg: SampleConfig) -> SamplePlan:
     csv_path = Path(cfg.dataset_csv)
     if not csv_path.is_file():
         raise FileNotFoundError(f"--dataset_csv {csv_path} does not exist")
+    manifest_sha = None
+    if cfg.manifest is not None:
+        manifest_sha = verify_manifest(cfg.manifest, read_video_csv(csv_path), csv_path)["sha256"]
     tokenizer = LARPTokenizer.from_pretrained(cfg.tokenizer, map_location=device).eval()
     ar = LARPAR.from_pretrained(cfg.ar_model, map_location=device).eval()
     check_models_fit(tokenizer, ar, cfg)
     out = Path(cfg.output_dir)
     csv_sha = _sha256(csv_path)
-    job = _job_record(cfg, csv_path, csv_sha, dtype)
+    job = _job_record(cfg, csv_path, csv_sha, dtype, manifest_sha)
     if cfg.overwrite and _job_diff(out, job):
         clear_job(out)
     _check_job(out, job)
