@@ -22,6 +22,7 @@ from larp.sample.generate import generate, in_dtype
 from larp.sample.long import check_long_args, generate_long
 from larp.utils.device import resolve_device, resolve_dtype
 from larp.utils.files import write_json
+from larp.utils.outputs import exclusive_output
 
 
 @dataclass
@@ -103,8 +104,14 @@ def read_context(path: str | Path, tokenizer: LARPTokenizer) -> torch.Tensor:
 
 
 def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
-    """Generate and write the videos; return the record also written to OUT/generate.json."""
+    """Generate and write the videos; return the record also written to OUT/generate.json. One run writes
+    into a folder at a time (a second one stops with an error naming the first)."""
     check_config(cfg)
+    with exclusive_output(cfg.out, "generate"):
+        return _run_generate(cfg, progress)
+
+
+def _run_generate(cfg: GenerateConfig, progress: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device, allowed=("float32", "bfloat16"))
     out = Path(cfg.out)

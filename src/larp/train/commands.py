@@ -64,17 +64,19 @@ def _tokenize_dataset(args: argparse.Namespace) -> int:
     from larp.models.tokenizer import LARPTokenizer
     from larp.train.token_cache import build_token_cache
     from larp.utils.device import resolve_device
+    from larp.utils.outputs import exclusive_output
 
     device = resolve_device(args.device)
     tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
     c, t, h, w = tokenizer.video_shape
     dataset = VideoCSVDataset(args.dataset_csv, num_frames=t, size=h, train=False, seed=args.seed)
     out = Path(args.out)
-    _clear_token_cache(out, args.overwrite)
-    meta = build_token_cache(tokenizer, dataset, out, tokenizer_id=args.tokenizer,
-                             windows_per_video=args.windows_per_video, flip=not args.no_flip, seed=args.seed,
-                             fp_context_frames=args.fp_context_frames, batch_size=args.batch_size,
-                             shard_size=args.shard_size, device=device)
+    with exclusive_output(out, "tokenize-dataset"):  # a second build into the folder stops here
+        _clear_token_cache(out, args.overwrite)
+        meta = build_token_cache(tokenizer, dataset, out, tokenizer_id=args.tokenizer,
+                                 windows_per_video=args.windows_per_video, flip=not args.no_flip, seed=args.seed,
+                                 fp_context_frames=args.fp_context_frames, batch_size=args.batch_size,
+                                 shard_size=args.shard_size, device=device)
     print(f"wrote {meta.num_entries} entries in {len(meta.shards)} shard(s) to {out}"
           + (f"; skipped {len(meta.skipped_videos)} unreadable video(s), listed in meta.json"
              if meta.skipped_videos else ""))

@@ -168,8 +168,10 @@ def parse_override_value(item: str, raw: str) -> Any:
     """The YAML value of the override `item` (`key=raw`); a ConfigError naming it when it is not YAML."""
     import yaml
 
+    from larp.utils.budget import safe_yaml
+
     try:
-        return yaml.safe_load(raw)
+        return safe_yaml(raw, f"override {item!r}")
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r} has a value that is not valid YAML: "
                           f"{' '.join(str(err).split())} (quote it as a string if that is what you mean)") from err
