@@ -48,7 +48,7 @@ from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair, frame_prediction_condition
 from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
-from larp.sample.generate import generate
+from larp.sample.generate import check_sampling_args, generate
 from larp.sample.shards import (
     LOCK_STALE_SECONDS,
     MergeLock,
@@ -161,6 +161,7 @@ def check_numbers(cfg: SampleConfig) -> None:
     if cfg.cfg_scale < 0 or cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
         raise ValueError(f"expected --cfg_scale >= 0, --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1, "
                          f"got {cfg.cfg_scale}, {cfg.temperature}, {cfg.top_k}, {cfg.top_p}")
+    check_sampling_args(cfg.cfg_scale, cfg.temperature, cfg.top_k, cfg.top_p)  # NaN, infinity, overflow
     if not cfg.no_fvd and cfg.total < 2:
         raise ValueError(f"FVD needs at least 2 samples, the job has {cfg.total}; pass --no_fvd to skip it")
     if cfg.fp:

@@ -116,6 +116,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    value = int(_number(int, text))
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [1, 65535], got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """Any finite number (no nan, no inf)."""
     return float(_number(float, text))

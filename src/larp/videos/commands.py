@@ -132,14 +132,18 @@ def _tokenize(args: argparse.Namespace, outputs: list[Path]) -> int:
     from larp.utils.device import DTYPES, resolve_device
     from larp.videos.tokens import tokenize_video
 
+    for video in args.videos:  # every declared size against the budgets, before any work
+        try:
+            info = probe_video(video)
+        except USER_ERRORS:
+            continue  # an unreadable file is reported with the others below
+        check_frames(video, info.num_frames, info.height, info.width, **budget_args(args))
     device = resolve_device(args.device)
     model = _load_tokenizer(args.tokenizer, device)
     failed = 0
     for video, out in zip(args.videos, outputs, strict=True):
         bar = _Bar(f"encode {Path(video).name}")
         try:
-            info = probe_video(video)  # its declared size against the budgets, before its work
-            check_frames(video, info.num_frames, info.height, info.width, **budget_args(args))
             # The file is streamed window by window (memory does not grow with its length); fps is its own.
             tokens = tokenize_video(model, video, spatial=args.spatial, overlap=args.overlap,
                                     tokenizer_id=recorded_tokenizer(args.tokenizer, out),
