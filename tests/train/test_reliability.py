@@ -340,3 +340,35 @@ def test_resuming_with_another_model_is_refused_before_any_checkpoint_is_read(ti
 def test_recipe_values_out_of_range_are_config_errors(tiny_data, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         tiny_recipe(tiny_data, tmp_path / "o", override)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_that_says_the_previous_one_is_intact(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 2, {"w": torch.ones(3)})
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(LarpError, match=r"could not write the checkpoint .*step_00000004 \(Error while serializing: "
+                                        r"IoError\(No space left on device .*is the disk full\?\); the previous "
+                                        r"checkpoint .*step_00000002 is intact"):
+        ckpt.save_checkpoint(root, 4, {"w": torch.zeros(3)})
+    assert [p.name for p in root.iterdir()] == ["step_00000002"]  # no half-written folder
+    assert torch.equal(ckpt.load_checkpoint(root / "step_00000002")["w"], torch.ones(3))
+
+
+def test_a_full_disk_during_a_safetensors_write_is_an_os_error(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from larp.utils.files import write_safetensors
+
+    monkeypatch.setattr(safetensors.torch, "save_file",
+                        lambda *a, **k: (_ for _ in ()).throw(SafetensorError("No space left on device")))
+    with pytest.raises(OSError, match=r"could not write .*shard_00000.safetensors: No space left on device \(is "
+                                      r"the disk full\?\)"):
+        write_safetensors(tmp_path / "shard_00000.safetensors", {"t": torch.ones(2)})
+    assert list(tmp_path.iterdir()) == []
