@@ -13,8 +13,7 @@ import time
 import pytest
 
 from larp.cli import main
-from larp.utils.budget import safe_yaml
-from larp.utils.config import ConfigError
+from larp.utils.config import ConfigError, safe_yaml
 from larp.utils.outputs import (
     LOCK_NAME,
     FileLock,

@@ -22,8 +22,14 @@ from larp.models.config import (
     TokenizerConfig,
 )
 from larp.train.codebook import CodebookOptions
-from larp.utils.budget import read_yaml_file
-from larp.utils.config import ConfigError, apply_overrides, from_dict, parse_override_value, to_dict
+from larp.utils.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    parse_override_value,
+    read_yaml_file,
+    to_dict,
+)
 
 T = TypeVar("T")
 

@@ -12,10 +12,8 @@ from typing import Any
 from larp.utils.errors import LarpError
 
 DEFAULT_MAX_FRAMES = 100_000  # frames a command writes or reads per video: over an hour at 25 fps
-DEFAULT_MAX_FRAME_PIXELS = 4096 * 2160  # pixels of one frame (DCI 4K); H.264 itself stops at 8192x4320
+DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160  # pixels of one frame (4K UHD); H.264 itself stops at 8192x4320
 DEFAULT_MAX_MEMORY_MB = 2048  # frames (float32) a command holds at once: one batch, one window
-MAX_YAML_BYTES = 1 << 20  # a recipe is a few KB
-MAX_YAML_NODES = 100_000  # values after aliases are expanded (a recipe has a few hundred)
 
 
 class BudgetError(LarpError):
@@ -50,43 +48,3 @@ def budget_args(args: Any) -> dict[str, int]:
     """The budgets a parsed command line holds (the defaults for the ones it does not)."""
     return {"max_frames": getattr(args, "max_frames", DEFAULT_MAX_FRAMES),
             "max_frame_pixels": getattr(args, "max_frame_pixels", DEFAULT_MAX_FRAME_PIXELS)}
-
-
-def safe_yaml(text: str, where: str, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
-    """YAML parsed with the safe loader after its size and its size with aliases expanded are checked: a
-    1 KB file of nested aliases ("billion laughs") expands to gigabytes."""
-    import yaml
-
-    from larp.utils.config import ConfigError
-
-    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise ConfigError(f"{where} holds {len(text):,} characters, more than the {max_bytes:,} bytes a recipe "
-                          "may have")
-    node = yaml.compose(text, Loader=yaml.SafeLoader)  # the graph, aliases shared: no expansion yet
-    sizes: dict[int, int] = {}
-
-    def expanded(n: Any) -> int:
-        if id(n) in sizes:
-            return sizes[id(n)]
-        sizes[id(n)] = 1  # a recursive alias counts once here; the loader refuses it later anyway
-        total = 1
-        if isinstance(n, yaml.SequenceNode):
-            total += sum(expanded(c) for c in n.value)
-        elif isinstance(n, yaml.MappingNode):
-            total += sum(expanded(k) + expanded(v) for k, v in n.value)
-        total = min(total, max_nodes + 1)
-        sizes[id(n)] = total
-        return total
-
-    if node is not None and expanded(node) > max_nodes:
-        raise ConfigError(f"{where} expands to more than {max_nodes:,} values through its aliases (&name / "
-                          "*name); a recipe has a few hundred")
-    return yaml.safe_load(text)
-
-
-def read_yaml_file(path: Any, max_bytes: int = MAX_YAML_BYTES) -> Any:
-    """A YAML file through `safe_yaml`, reading no more than the budget allows (a recipe path may name a
-    huge file or a device)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read(max_bytes + 1)
-    return safe_yaml(text, f"recipe {path}", max_bytes)
