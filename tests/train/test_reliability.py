@@ -352,7 +352,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_that_says_the_previous_one
         raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
 
     monkeypatch.setattr(ckpt, "save_file", full)
-    with pytest.raises(LarpError, match=r"could not write the checkpoint .*step_00000004 \(Error while serializing: "
+    with pytest.raises(OSError, match=r"could not write the checkpoint .*step_00000004 \(Error while serializing: "
                                         r"IoError\(No space left on device .*is the disk full\?\); the previous "
                                         r"checkpoint .*step_00000002 is intact"):
         ckpt.save_checkpoint(root, 4, {"w": torch.zeros(3)})

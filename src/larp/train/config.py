@@ -308,13 +308,13 @@ def _check_device(name: str, key: str) -> None:
 
 
 def _validate_common(recipe: Any) -> None:
+    recipe.data.validate()
+    recipe.optim.validate()
+    recipe.run.validate()
     for key, value in to_dict(recipe).items():
         _check_finite(value, key)
     _check_device(recipe.run.device, "run.device")
     _need(recipe.optim.lr <= 1, "optim.lr", "in (0, 1] (AdamW's rates are around 1e-4)", recipe.optim.lr)
-    recipe.data.validate()
-    recipe.optim.validate()
-    recipe.run.validate()
 
 
 def effective_batch(recipe: Any, processes: int = 1) -> int:
