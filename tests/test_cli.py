@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +294,22 @@ def test_demo_names_the_missing_report_extra(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().err == ("larp demo: error: the demo's report needs matplotlib, which is not installed: "
                                        "pip install -e '.[report]'\n")
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(("command", "out", "folder"), [
+    (["generate", "--tokenizer", "t", "--ar_model", "a", "--class_id", "0"], "g", True),
+    (["tokenize-dataset", "--tokenizer", "t", "--dataset_csv", "d.csv"], "cache", True),
+    (["decode", "tokens.npz"], "v.mp4", False),
+    (["reconstruct", "v.mp4", "--tokenizer", "t"], "r.mp4", False),
+    (["tokenize", "v.mp4", "--tokenizer", "t"], "v.npz", False),
+    (["train", "tokenizer", "--config", "configs/tiny_synthetic.yaml"], "run", True),
+])
+def test_a_second_writer_of_an_output_gets_one_line_naming_the_first(tmp_path, capsys, command, out, folder):
+    from larp.utils.outputs import exclusive_output
+
+    target = tmp_path / out
+    with exclusive_output(target, "train", folder=folder):
+        assert main([*command, "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{target} is being written by larp train (pid {os.getpid()}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([out] if folder else [])

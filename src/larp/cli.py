@@ -172,6 +172,21 @@ def _leaf_prog(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
         current = action.choices[name]
 
 
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (a `kill`, a scheduler's time limit) ends the command like Ctrl-C does: the `finally` blocks
+    run, so temporary files are removed and output locks released, instead of the process vanishing."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        return signal.signal(signal.SIGTERM, stop)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -196,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = _leaf_prog(parser, args)
+    previous = _terminate_as_interrupt()
     try:
         result = args.func(args)
     except KeyboardInterrupt:
@@ -208,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return int(getattr(exc, "exit_status", 1))
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,25 @@ def test_build_page_lays_out_the_three_tabs(models, tmp_path):
     only_tokenizer = core.AppModels(models.tokenizer, "t")
     texts = [c.get("props", {}).get("value") for c in build_page(only_tokenizer, tmp_path / "b").config["components"]]
     assert "No class-conditional model is loaded: start `larp app` with `--ar_model`." in texts
+
+
+def test_uploads_are_limited_kept_in_the_work_folder_and_removed_on_exit(models, monkeypatch, tmp_path):
+    import gradio as gr
+
+    from larp.app import page as page_mod
+
+    monkeypatch.setattr(page_mod.tempfile, "tempdir", str(tmp_path))  # where the work folder is made
+    seen = {}
+
+    def fake_launch(self, **kwargs):
+        seen.update(kwargs, cache=self.GRADIO_CACHE)
+        Path(self.GRADIO_CACHE, "upload.mp4").parent.mkdir(parents=True, exist_ok=True)
+        Path(self.GRADIO_CACHE, "upload.mp4").write_bytes(b"an upload")
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    page_mod.launch(models, max_upload_mb=7)
+    assert seen["max_file_size"] == "7mb"
+    assert Path(seen["cache"]).parent.parent == tmp_path  # tmp_path/larp-app-*/uploads, not /tmp/gradio
+    assert list(tmp_path.iterdir()) == []  # the uploads went with the work folder
+    assert "GRADIO_TEMP_DIR" not in os.environ

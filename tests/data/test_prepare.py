@@ -147,3 +147,11 @@ def test_folder_csv(videos, tmp_path):
         ("x", "b_class", "1"),
     ]
     assert VideoCSVDataset(out, num_frames=2, size=8)[1]["label"] == 1
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_k600_infinite_time_is_a_one_line_error(k600_tree, tmp_path, value):
+    root, ann = k600_tree
+    (ann / "extra.csv").write_text(f"label,youtube_id,time_start,time_end,split\nx,y,{value},10,extra\n")
+    with pytest.raises(ValueError, match=rf"extra\.csv, line 2: bad time value .*found time_start='{value}'"):
+        build_k600_csvs(root, ann, tmp_path / "out")

@@ -405,3 +405,38 @@ def test_written_files_honour_the_umask(tmp_path):
         os.umask(old)
     assert [p.stat().st_mode & 0o777 for p in paths] == [0o640] * 3
     assert read_video(paths[0])[0].shape == (2, 8, 8, 3)
+
+
+def test_a_worker_s_video_error_reaches_the_main_process_as_the_same_error(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from larp.data.datasets import VideoClipDataset
+    from larp.data.prepare import VideoRow
+
+    bad = tmp_path / "bad: name.mp4"
+    bad.write_bytes(b"not a video")
+    dataset = VideoClipDataset([VideoRow(id="b", path=str(bad), action="", label=0)], num_frames=2, size=8)
+    with pytest.raises(video_io.VideoReadError) as in_process:
+        dataset[0]
+    with pytest.raises(video_io.VideoReadError) as in_worker:
+        next(iter(DataLoader(dataset, batch_size=1, num_workers=1)))
+    assert (in_worker.value.path, in_worker.value.cause) == (in_process.value.path, in_process.value.cause)
+    assert str(in_worker.value) == str(in_process.value)
+
+
+def test_other_worker_errors_print_their_own_message_on_one_line():
+    from torch.utils.data import DataLoader
+
+    from larp.data.datasets import TooManyBadVideosError
+    from larp.utils.errors import one_line
+
+    class Failing(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int):
+            raise TooManyBadVideosError("3 of 4 videos are unreadable")
+
+    with pytest.raises(TooManyBadVideosError) as caught:
+        next(iter(DataLoader(Failing(), num_workers=1)))
+    assert one_line(caught.value) == "3 of 4 videos are unreadable"

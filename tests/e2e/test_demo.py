@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from larp.cli import main
-from larp.demo.pipeline import AR_RECIPE, TOKENIZER_RECIPE, Demo, DemoConfig, recipe_file
+from larp.demo.pipeline import AR_RECIPE, TOKENIZER_RECIPE, Demo, DemoConfig, recipe_file, run_demo
 from larp.utils.config import ConfigError
+from larp.utils.outputs import FolderBusyError, NotOwnedError, exclusive_output
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,3 +102,29 @@ def test_sample_files_honour_the_umask(tmp_path):
     files = list((tmp_path / "demo" / "samples").iterdir())
     assert any(f.suffix == ".safetensors" for f in files)
     assert all(f.stat().st_mode & 0o777 == 0o664 for f in files), files
+
+
+def test_demo_overwrite_deletes_only_what_a_demo_wrote(tmp_path):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "thesis.txt").write_text("precious\n")
+    Demo(out, DemoConfig.smoke(), overwrite=True)  # writes beside the user's file, deletes nothing of it
+    (out / "data").mkdir()
+    (out / "data" / "train.csv").write_text("id,path\n")
+    Demo(out, DemoConfig(), overwrite=True)  # other settings: the demo's files go
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["demo.json", "thesis.txt"]
+    assert (out / "thesis.txt").read_text() == "precious\n"
+    assert json.loads((out / "demo.json").read_text())["config"]["quick"] is False
+    # a folder of the user's with a name the demo writes is never taken over
+    mine = tmp_path / "mine"
+    (mine / "samples").mkdir(parents=True)
+    (mine / "samples" / "a.mp4").write_bytes(b"mine")
+    with pytest.raises(NotOwnedError, match=r"samples exist\(s\) and larp did not write it"):
+        Demo(mine, DemoConfig.smoke(), overwrite=True)
+    assert (mine / "samples" / "a.mp4").read_bytes() == b"mine"
+
+
+def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
+    with exclusive_output(tmp_path / "d", "demo"):
+        with pytest.raises(FolderBusyError, match="is being written by larp demo"):
+            run_demo(tmp_path / "d", DemoConfig.smoke())

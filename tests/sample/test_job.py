@@ -26,8 +26,8 @@ from larp.data.transforms import ClipTransform
 from larp.data.video_io import read_clip, read_video
 from larp.eval import fvd
 from larp.eval.protocols import ucf_gfvd_chunks
-from larp.sample import shards
 from larp.sample.shards import MergeLock, batch_seed, grid_batches
+from larp.utils import outputs
 from tests.conftest import official
 from tests.eval.conftest import trust
 
@@ -263,7 +263,7 @@ def test_merge_lock_is_exclusive_until_stale(tmp_path: Path):
 
 def test_an_unreadable_lock_is_an_error_not_a_silent_end(dataset_csv: Path, detector: Path, tmp_path: Path,
                                                         capsys, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(shards, "OWNER_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(outputs, "OWNER_WAIT_SECONDS", 0.2)  # the shared lock's (larp.utils.outputs)
     out = tmp_path / "job"
     lock = out / "fvd.lock"
     lock.parent.mkdir(parents=True)
@@ -415,6 +415,7 @@ def test_overwrite_replaces_a_job_with_other_settings_and_keeps_other_files(data
     assert main(sample_args(out, dataset_csv, detector, *first)) == 0
     (out / "notes.txt").write_text("mine")
     (out / "samples" / "keep.txt").write_text("mine too")
+    (out / "samples" / "mine.mp4").write_bytes(b"my own video")
     other = ("--num_samples", "2", "--no_fvd", "--cfg_scale", "2")
     assert main(sample_args(out, dataset_csv, detector, *other)) == 1
     assert "--overwrite to replace it" in capsys.readouterr().err
@@ -427,4 +428,18 @@ def test_overwrite_replaces_a_job_with_other_settings_and_keeps_other_files(data
     assert main(sample_args(out, dataset_csv, detector, *other, "--overwrite")) == 0
     assert json.loads((out / "job.json").read_text())["cfg_scale"] == 2.0
     assert (out / "notes.txt").read_text() == "mine" and (out / "samples" / "keep.txt").read_text() == "mine too"
-    assert len(list((out / "samples").glob("*.mp4"))) == 2
+    assert (out / "samples" / "mine.mp4").read_bytes() == b"my own video"
+    assert len(list((out / "samples").glob("*.mp4"))) == 3
+
+
+def test_exclusive_files_have_the_umask_mode_not_mkstemps(tmp_path):
+    from larp.sample.shards import create_exclusive
+
+    old = os.umask(0o022)
+    try:
+        assert create_exclusive(tmp_path / "job.json", {"a": 1})
+        assert not create_exclusive(tmp_path / "job.json", {"a": 2})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "job.json").stat().st_mode & 0o777 == 0o644
+    assert json.loads((tmp_path / "job.json").read_text()) == {"a": 1}

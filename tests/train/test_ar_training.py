@@ -180,3 +180,18 @@ def test_shipped_ar_recipes_load(name):
     if "lp" in name:
         assert (cfg.n_layer, cfg.dim, recipe.optim.lr, recipe.optim.betas, recipe.optim.weight_decay) == (
             30, 1280, 6e-4, (0.9, 0.95), 0.05)
+
+
+def test_a_cache_from_another_tokenizer_is_refused(cache, tiny_data, tiny_tokenizer, tmp_path):
+    from larp import tokenizer_preset
+    from larp.train.token_cache import tokenizer_fingerprint
+
+    meta = read_cache_meta(cache)
+    assert meta.tokenizer_sha256 == tokenizer_fingerprint(LARPTokenizer.from_pretrained(tiny_tokenizer))
+    torch.manual_seed(1)
+    other = LARPTokenizer(tokenizer_preset("larp-tiny")).save_pretrained(tmp_path / "other")
+    recipe = ar_recipe(tiny_data, other, tmp_path / "run", f"data.token_cache={cache}")
+    with pytest.raises(ValueError, match=rf"token cache {cache} was made by another tokenizer \(.*weights sha256 "
+                                         rf"{meta.tokenizer_sha256[:12]}\.\.\.\) than tokenizer.path"):
+        train(recipe, ARTask)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -174,6 +174,6 @@ def test_overwrite_refuses_to_delete_the_weights_it_starts_from(tiny_data, token
     for f in tokenizer_folder.iterdir():
         (out / "model" / f.name).write_bytes(f.read_bytes())
     (out / "config.yaml").write_text("x: 1\n")
-    with pytest.raises(RunFolderError, match="lies inside .*which --overwrite would delete"):
+    with pytest.raises(RunFolderError, match="is an input of this run but lies in .*which --overwrite would delete"):
         train(tiny_recipe(tiny_data, out, f"model.init_from={out / 'model'}"), TokenizerTask, overwrite=True)
     assert (out / "model" / "model.safetensors").exists()

@@ -293,3 +293,82 @@ def test_motion_weight_reaches_the_pixel_terms(tiny_data, tmp_path, monkeypatch)
     assert all("train/mse" not in r for r in train_rows("plain"))
     weighted = train_rows("weighted")
     assert weighted and all(0 < r["train/mse"] != r["train/l2"] for r in weighted)
+
+
+# ------------------------------------------------------------------------------- inputs, locks, presets
+def test_overwrite_never_deletes_the_tokenizer_the_run_reads(tiny_data, tiny_tokenizer, tmp_path):
+    from larp.train.ar_task import ARTask
+    from tests.train.conftest import ar_recipe
+
+    run = tmp_path / "T"
+    shutil.copytree(tiny_tokenizer, run / "model")
+    (run / "config.yaml").write_text("old: run\n")
+    recipe = ar_recipe(tiny_data, run / "model", run, f"data.train_csv={tiny_data['train']}")
+    with pytest.raises(RunFolderError, match=r"model is an input of this run but lies in .*T/model, which "
+                                             r"--overwrite would delete"):
+        train(recipe, ARTask, overwrite=True)
+    assert (run / "model" / "model.safetensors").is_file() and (run / "config.yaml").exists()
+
+
+def test_a_second_run_into_a_busy_folder_stops_naming_the_first(tiny_data, tmp_path):
+    from larp.utils.outputs import FolderBusyError, exclusive_output
+
+    out = tmp_path / "X"
+    with exclusive_output(out, "train"):
+        with pytest.raises(FolderBusyError, match=r"X is being written by larp train \(pid \d+"):
+            train(tiny_recipe(tiny_data, out, "run.max_steps=1"), TokenizerTask)
+    assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()
+
+
+def test_resuming_with_another_model_is_refused_before_any_checkpoint_is_read(tiny_data, tmp_path):
+    from larp.train.config import save_recipe
+
+    out = tmp_path / "R"
+    save_recipe(tiny_recipe(tiny_data, out), out / "config.yaml")
+    other = tiny_recipe(tiny_data, out, "model.preset=larp-sanity-32")
+    with pytest.raises(RunFolderError, match=r"holds a run of another model \(model.preset: 'larp-tiny' there, "
+                                             r"'larp-sanity-32' here\)"):
+        train(other, TokenizerTask, resume=True)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("run.device=evil", r"run.device must be auto, cpu, cuda, cuda:N or another torch device, got 'evil'"),
+    ("optim.lr=1e300", r"optim.lr must be in \(0, 1\]"),
+    ("optim.lr=.inf", r"optim.lr must be a finite number, got inf"),
+    ("loss.vq_weight=.inf", r"loss.vq_weight must be a finite number, got inf"),
+])
+def test_recipe_values_out_of_range_are_config_errors(tiny_data, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_recipe(tiny_data, tmp_path / "o", override)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_that_says_the_previous_one_is_intact(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 2, {"w": torch.ones(3)})
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(OSError, match=r"could not write the checkpoint .*step_00000004 \(Error while serializing: "
+                                        r"IoError\(No space left on device .*is the disk full\?\); the previous "
+                                        r"checkpoint .*step_00000002 is intact"):
+        ckpt.save_checkpoint(root, 4, {"w": torch.zeros(3)})
+    assert [p.name for p in root.iterdir()] == ["step_00000002"]  # no half-written folder
+    assert torch.equal(ckpt.load_checkpoint(root / "step_00000002")["w"], torch.ones(3))
+
+
+def test_a_full_disk_during_a_safetensors_write_is_an_os_error(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from larp.utils.files import write_safetensors
+
+    monkeypatch.setattr(safetensors.torch, "save_file",
+                        lambda *a, **k: (_ for _ in ()).throw(SafetensorError("No space left on device")))
+    with pytest.raises(OSError, match=r"could not write .*shard_00000.safetensors: No space left on device \(is "
+                                      r"the disk full\?\)"):
+        write_safetensors(tmp_path / "shard_00000.safetensors", {"t": torch.ones(2)})
+    assert list(tmp_path.iterdir()) == []

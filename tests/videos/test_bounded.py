@@ -217,3 +217,24 @@ def test_exact_codec_through_a_file_source(tmp_path):
     frames, _ = read_video(path)
     recon, psnr = reconstruct_video(PixelCodec(), path, tile=True, overlap=2, batch_size=3)
     assert torch.equal(recon, as_float(frames)) and psnr == 100.0
+
+
+def test_a_model_with_huge_weights_is_an_error_not_a_black_video(tmp_path, capsys):
+    from larp import tokenizer_preset
+    from larp.cli import main
+    from larp.data.video_write import NonFiniteVideoError, to_uint8
+
+    with pytest.raises(NonFiniteVideoError, match=r"holds 1 NaN or infinite values of 24"):
+        to_uint8(torch.tensor([float("nan")] + [0.5] * 23).reshape(3, 2, 2, 2))
+    torch.manual_seed(0)
+    model = LARPTokenizer(tokenizer_preset("larp-tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1e30)  # finite, so loading accepts them; the output overflows
+    folder = model.save_pretrained(tmp_path / "huge")
+    video = tmp_path / "v.mp4"
+    write_mp4(video, random_frames(8, 32, 32), fps=8)
+    assert main(["reconstruct", str(video), "--tokenizer", str(folder), "-o", str(tmp_path / "r.mp4")]) == 1
+    out, err = capsys.readouterr()
+    assert "NaN or infinite values" in err and "PSNR" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge", "v.mp4"]  # no mp4, no partial file, no lock

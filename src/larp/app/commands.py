@@ -8,10 +8,11 @@ import importlib.util
 import signal
 from pathlib import Path
 
-from larp.utils.cli import add_device, add_option, add_tokenizer, positive_int
+from larp.utils.cli import add_device, add_option, add_tokenizer, port_number, positive_int
 from larp.utils.errors import LarpError
 
 MAX_FRAMES = 128  # larp.app.core.MAX_FRAMES, repeated so that building the parser imports no torch
+MAX_UPLOAD_MB = 100  # larp.app.page.MAX_UPLOAD_MB (the same reason)
 
 DESCRIPTION = """\
 A local web page (Gradio) to see the tokenizer and the generator at work:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                               names=args.class_names)
     print(f"larp app: serving on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server as Ctrl+C does: its files are removed
-    launch(models, host=args.host, port=args.port, max_frames=args.max_frames)
+    launch(models, host=args.host, port=args.port, max_frames=args.max_frames, max_upload_mb=args.max_upload_mb)
     return 0
 
 
@@ -86,7 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(class 0, class 1, ...), a text file with one name per line, or auto (synthetic for a "
                     "model inside a demo folder, else index)")
     add_option(p, "host", default="127.0.0.1", help="the address to serve on (127.0.0.1: this machine only)")
-    add_option(p, "port", type=positive_int, default=7860, help="the port to serve on")
+    add_option(p, "port", type=port_number, default=7860, help="the port to serve on")
+    add_option(p, "max_upload_mb", type=positive_int, default=MAX_UPLOAD_MB,
+               help="the largest upload the server accepts, in MB")
     add_option(p, "max_frames", type=positive_int, default=MAX_FRAMES,
                help="frames of an upload that are used (the first ones)")
     add_option(p, "threads", type=positive_int, default=1,

@@ -21,6 +21,7 @@ from larp.utils.errors import USER_ERRORS, one_line
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before Gradio is imported: no calls home
 
+MAX_UPLOAD_MB = 100  # larger uploads are refused by the server (a clip of 128 frames is a few MB)
 KEEP_SECONDS = 3600  # a request's files are deleted an hour later (the page has copied them by then)
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "monospace"]
@@ -180,18 +181,29 @@ def build_page(models: core.AppModels, work_dir: Path, max_frames: int = core.MA
 
 
 def launch(models: core.AppModels, *, host: str = "127.0.0.1", port: int = 7860, max_frames: int = core.MAX_FRAMES,
-           work_dir: Path | None = None, block: bool = True) -> Any:
-    """Serve the page on http://host:port; returns the Blocks (already closed when `block`)."""
+           work_dir: Path | None = None, block: bool = True, max_upload_mb: int = MAX_UPLOAD_MB) -> Any:
+    """Serve the page on http://host:port; returns the Blocks (already closed when `block`).
+
+    Uploads larger than `max_upload_mb` are refused by the server; uploads are kept in the work folder (not
+    the system's temporary folder, Gradio's default), which is removed when the server stops."""
     import gradio as gr
 
     folder = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="larp-app-"))
-    page = build_page(models, folder, max_frames)
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "uploads")  # read when the page is built
+    try:
+        page = build_page(models, folder, max_frames)
+    finally:
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
     page.queue(default_concurrency_limit=1)  # one request at a time: each uses the CPU fully
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=SYSTEM_MONO)  # the default one fetches web fonts
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
                     mcp_server=False, theme=theme, allowed_paths=[str(folder)], footer_links=[],
-                    prevent_thread_lock=not block)
+                    prevent_thread_lock=not block, max_file_size=f"{max_upload_mb}mb")
     finally:
         if block:
             page.close()

@@ -51,6 +51,7 @@ def _prepare_folder(args: argparse.Namespace) -> int:
 
 def _synth_data(args: argparse.Namespace) -> int:
     from larp.data.synthetic import write_synthetic_dataset
+    from larp.utils.budget import check_budget, check_memory
 
     if args.out and args.out_folder and args.out != args.out_folder:
         raise ValueError(f"two output folders given ({args.out_folder} and -o {args.out}); give one")
@@ -61,6 +62,15 @@ def _synth_data(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} is a file; the synthetic dataset needs a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise LarpError(f"{out} is not empty; pass --overwrite to write the dataset into it anyway")
+    # Budgets before any work: one clip is made in memory (float32 frames), the dataset is written to disk.
+    check_budget(f"the frame size ({args.size}x{args.size}, in pixels)", args.size * args.size,
+                 args.max_frame_pixels, "--max_frame_pixels")
+    check_budget("the number of frames of a clip", args.frames, args.max_frames, "--max_frames")
+    check_memory(f"one clip of {args.frames} frames of {args.size}x{args.size}",
+                 args.frames * args.size * args.size * 3 * 4, args.max_memory_mb)
+    check_budget(f"the dataset's number of frames ({args.classes} classes x {args.clips_per_class} clips x "
+                 f"{args.frames} frames)", args.classes * args.clips_per_class * args.frames, args.max_frames,
+                 "--max_frames")
     paths = write_synthetic_dataset(
         out,
         classes=args.classes,
@@ -190,4 +200,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="fraction of each class's clips that form the validation split")
     opts.add_option(synth, "fps", type=opts.positive_float, default=8, help="frame rate of the mp4 files")
     opts.add_overwrite(synth)
+    opts.add_frame_budgets(synth)
+    opts.add_memory_budget(synth)
     synth.set_defaults(func=_synth_data)

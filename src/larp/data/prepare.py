@@ -191,9 +191,10 @@ def build_k600_csvs(
         for n, r in enumerate(table, 2):
             try:
                 name = k600_filename(r["youtube_id"], int(float(r["time_start"])), int(float(r["time_end"])))
-            except ValueError as e:
+            except (ValueError, OverflowError) as e:  # OverflowError: int(float("inf"))
                 raise ValueError(
-                    f"{annotations_dir / (split + '.csv')}, line {n}: bad time value ({e})"
+                    f"{annotations_dir / (split + '.csv')}, line {n}: bad time value ({e}); expected a number "
+                    f"of seconds, found time_start={r['time_start']!r}, time_end={r['time_end']!r}"
                 ) from e
             candidates = files.get(name, [])
             if not candidates:

@@ -56,13 +56,29 @@ _SEEK_GAP = 48
 class VideoReadError(ValueError):
     """A video file could not be read; the message names the file and the cause."""
 
-    def __init__(self, path: PathLike, cause: str) -> None:
+    def __init__(self, path: PathLike, cause: str | None = None) -> None:
+        if cause is None:  # rebuilt by a DataLoader from a worker's error, of which torch passes only the text
+            path, cause = _from_worker_text(str(path))
         self.path = str(path)
         self.cause = cause
         super().__init__(self.path, cause)  # args that rebuild it: picklable across worker processes
 
     def __str__(self) -> str:
         return f"cannot read video {self.path}: {self.cause}"
+
+
+def _from_worker_text(text: str) -> tuple[str, str]:
+    """(path, cause) from torch's text of an error in a DataLoader worker ("Caught VideoReadError in
+    DataLoader worker process 0. Original Traceback ... VideoReadError: cannot read video PATH: CAUSE"), so
+    that the main process gets the same error, which the callers skip or report as they do without workers."""
+    last = next((line for line in reversed(text.splitlines()) if "VideoReadError: " in line), text)
+    message = last.split("VideoReadError: ", 1)[-1].strip()
+    if message.startswith("cannot read video ") and ": " in message:
+        rest = message.removeprefix("cannot read video ")
+        splits = [(rest[:i], rest[i + 2:]) for i in range(len(rest)) if rest.startswith(": ", i)]
+        # a path may hold ": " itself: the split that names an existing file, else the first
+        return next((sp for sp in splits if os.path.exists(sp[0])), splits[0])
+    return "(unknown file)", message
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from larp.utils.errors import LarpError
 from larp.utils.files import atomic_write_bytes, default_file_mode
 
 PathLike = str | os.PathLike
@@ -27,6 +28,10 @@ X264_LOOKAHEAD_BYTES = 512 << 20
 # ------------------------------------------------------------------------------------- tensor layout
 
 
+class NonFiniteVideoError(LarpError):
+    """A video (a model's output) holding NaN or infinity, refused instead of written as black frames."""
+
+
 def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
     """float (3, T, H, W) or (B, 3, T, H, W) in [0, 1] -> uint8 frames (T, H, W, 3) or (B, T, H, W, 3).
 
@@ -34,6 +39,10 @@ def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
     x = video.detach().float().cpu() if isinstance(video, torch.Tensor) else torch.as_tensor(video).float()
     if x.ndim not in (4, 5) or x.shape[-4] != 3:
         raise ValueError(f"expected a float video (3, T, H, W) or (B, 3, T, H, W), got {tuple(x.shape)}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:  # clamping would turn NaN into black pixels: a broken model must not pass for a dark video
+        raise NonFiniteVideoError(f"the video to write holds {bad:,} NaN or infinite values of {x.numel():,}: "
+                                  "the model's output is not finite (weights out of range?); nothing is written")
     x = x.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)  # one float copy, however large the video
     x = x.permute(1, 2, 3, 0) if x.ndim == 4 else x.permute(0, 2, 3, 4, 1)
     return x.contiguous().numpy()

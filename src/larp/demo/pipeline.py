@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 from larp.utils.config import ConfigError
 from larp.utils.errors import LarpError
 from larp.utils.files import write_safetensors
+from larp.utils.outputs import LOCK_NAME, MANIFEST, Manifest, exclusive_output
 
+# Everything the demo writes at the top of its folder; `--overwrite` deletes these (as recorded in the
+# folder's manifest) and nothing else.
+DEMO_ENTRIES = ("demo.json", "demo.tmp", "data", "tokenizer", "recon", "tokens", "ar", "samples", "pictures",
+                "metrics.json", "report.html")
+HOUSEKEEPING = (MANIFEST, LOCK_NAME)
 TOKENIZER_RECIPE = "tiny_synthetic.yaml"  # files of the package's `configs` folder (configs/ links to them)
 AR_RECIPE = "tiny_synthetic_ar.yaml"
 
@@ -106,12 +112,16 @@ class Demo:
     def _claim_folder(self, overwrite: bool) -> None:
         wanted = asdict(self.cfg)
         recipes = json.loads(json.dumps(self.recipes()))  # as stored: tuples become lists
-        if self.out.exists() and any(self.out.iterdir()):
+        manifest = Manifest(self.out)
+        others = [p for p in self.out.iterdir() if p.name not in HOUSEKEEPING] if self.out.is_dir() else []
+        if others:
             if overwrite:
-                shutil.rmtree(self.out)
+                if self.state_file.exists() and not manifest.entries():  # a demo written before manifests
+                    manifest.record(*(self.out / e for e in DEMO_ENTRIES if (self.out / e).exists()))
+                manifest.clear()  # the demo's own files only: anything else in the folder stays
             elif not self.state_file.exists():
-                raise ConfigError(f"{self.out} is not empty and holds no demo; choose another --out or pass "
-                                  "--overwrite to delete it")
+                raise ConfigError(f"{self.out} is not empty and holds no demo; choose another --out, or pass "
+                                  "--overwrite to write the demo beside those files (nothing of them is deleted)")
             else:
                 state = json.loads(self.state_file.read_text())
                 previous = state["config"]
@@ -127,7 +137,10 @@ class Demo:
                                       "to redo it from scratch, or another --out")
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.state_file.exists():
+            manifest.claim(*(self.out / e for e in DEMO_ENTRIES))  # refused if the user has a file of that name
             self.state_file.write_text(json.dumps({"config": wanted, "recipes": recipes, "done": {}}, indent=2))
+        elif not manifest.entries():
+            manifest.record(*(self.out / e for e in DEMO_ENTRIES if (self.out / e).exists()))
 
     def _done(self, stage: str) -> bool:
         return stage in self.state["done"]
@@ -324,7 +337,8 @@ def _uint8(videos: torch.Tensor) -> np.ndarray:
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, overwrite: bool = False) -> dict[str, Any]:
-    return Demo(out, config or DemoConfig(), overwrite).run()
+    with exclusive_output(out, "demo"):  # one demo per folder at a time
+        return Demo(out, config or DemoConfig(), overwrite).run()
 
 
 def _demo_command(args: Any) -> int:

@@ -75,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_option(p, "num_frames", type=opts.positive_int, default=16, help="frames per clip")
     opts.add_option(p, "size", type=opts.positive_int, default=128, help="clip width and height")
     _add_common(p, batch_size=8)
+    opts.add_frame_budgets(p)
+    opts.add_memory_budget(p)
     p.set_defaults(func=run_fvd)
 
     from larp.eval.protocols import PROTOCOLS
@@ -121,9 +123,15 @@ def _stats_for(path: Path, rows: list[VideoRow] | None, extractor: fvd_lib.I3DFe
 
 def run_fvd(args: argparse.Namespace) -> int:
     from larp.eval import fvd as fvd_lib
+    from larp.utils.budget import check_budget, check_memory
     from larp.utils.device import resolve_device
     from larp.utils.files import write_json
 
+    check_budget(f"the clip size (--size {args.size}, in pixels)", args.size * args.size, args.max_frame_pixels,
+                 "--max_frame_pixels")
+    check_budget("--num_frames", args.num_frames, args.max_frames, "--max_frames")
+    check_memory(f"a batch of {args.batch_size} clips of {args.num_frames} frames of {args.size}x{args.size}",
+                 args.batch_size * args.num_frames * args.size * args.size * 3 * 4, args.max_memory_mb)
     real, fake = Path(args.real), Path(args.fake)
     inputs = {"real": (real, _check_input(real)), "fake": (fake, _check_input(fake))}
     _check_outputs(args, [name for name, (_, rows) in inputs.items() if rows is not None])

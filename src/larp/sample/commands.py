@@ -9,6 +9,7 @@ from pathlib import Path
 
 from larp.eval.commands import ENV_I3D_PATH
 from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
+from larp.utils import budget
 from larp.utils import cli as opts
 
 DESCRIPTION = """\
@@ -117,6 +118,9 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     opts.add_option(p, "compile", action="store_true",
                     help="compile the decode step with torch.compile (pays off for long or many videos)")
     opts.add_overwrite(p)
+    opts.add_option(p, "max_frames", type=opts.positive_int, default=budget.DEFAULT_MAX_FRAMES,
+                    help="refuse a --num_frames above this before any work")
+    opts.add_memory_budget(p)
     p.set_defaults(func=run_generate)
 
 

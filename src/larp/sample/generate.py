@@ -58,12 +58,21 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+# Beyond these the float32 logits overflow (cfg_scale * difference, logits / temperature) and sampling
+# would fail on NaN probabilities; ordinary values are 1-3 and 0.5-1.5.
+MAX_CFG_SCALE = 1000.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1000.0
+
+
 def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
-    """Raise a ValueError naming the sampling option that is out of range."""
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    """Raise a ValueError naming the sampling option that is out of range (NaN and infinity included)."""
+    if not 0 <= cfg_scale <= MAX_CFG_SCALE:  # NaN fails every comparison
+        raise ValueError(f"cfg_scale must be >= 0 and <= {MAX_CFG_SCALE:g}, got {cfg_scale}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise ValueError(f"temperature must be 0 (argmax) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got "
+                         f"{temperature}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:

@@ -18,10 +18,12 @@ from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair
 from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
-from larp.sample.generate import generate, in_dtype
+from larp.sample.generate import check_sampling_args, generate, in_dtype
 from larp.sample.long import check_long_args, generate_long
+from larp.utils.budget import DEFAULT_MAX_FRAMES, DEFAULT_MAX_MEMORY_MB, check_budget, check_memory
 from larp.utils.device import resolve_device, resolve_dtype
 from larp.utils.files import write_json
+from larp.utils.outputs import exclusive_output
 
 
 @dataclass
@@ -47,6 +49,8 @@ class GenerateConfig:
     dtype: str | None = None
     compile: bool = False
     overwrite: bool = False
+    max_frames: int = DEFAULT_MAX_FRAMES  # budgets (larp.utils.budget), checked before any work
+    max_memory_mb: int = DEFAULT_MAX_MEMORY_MB
 
 
 def check_config(cfg: GenerateConfig) -> None:
@@ -69,6 +73,20 @@ def check_config(cfg: GenerateConfig) -> None:
         raise ValueError("--ar_model samples a class: pass --class_id")
     if cfg.num_videos < 1:
         raise ValueError(f"--num_videos must be >= 1, got {cfg.num_videos}")
+    check_sampling_args(cfg.cfg_scale, cfg.temperature, cfg.top_k, cfg.top_p)
+    if not 0 < cfg.fps <= 1000:  # NaN fails the comparison
+        raise ValueError(f"--fps must be in (0, 1000], got {cfg.fps}")
+    if cfg.num_frames is not None:
+        check_budget("--num_frames", cfg.num_frames, cfg.max_frames, "--max_frames")
+
+
+def check_memory_budget(cfg: GenerateConfig, tokenizer: LARPTokenizer) -> None:
+    """The decoded videos are held at once (one batch; a long video whole, as float32): refuse sizes over
+    the memory budget before sampling."""
+    _, t, h, w = tokenizer.video_shape
+    frames = max(t, cfg.num_frames or 0)
+    check_memory(f"{cfg.num_videos} video(s) of {frames} frames of {w}x{h}",
+                 cfg.num_videos * frames * 3 * h * w * 4, cfg.max_memory_mb)
 
 
 def _load(cfg: GenerateConfig, device: torch.device) -> tuple[LARPTokenizer, LARPAR | None, LARPAR | None]:
@@ -103,8 +121,14 @@ def read_context(path: str | Path, tokenizer: LARPTokenizer) -> torch.Tensor:
 
 
 def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
-    """Generate and write the videos; return the record also written to OUT/generate.json."""
+    """Generate and write the videos; return the record also written to OUT/generate.json. One run writes
+    into a folder at a time (a second one stops with an error naming the first)."""
     check_config(cfg)
+    with exclusive_output(cfg.out, "generate"):
+        return _run_generate(cfg, progress)
+
+
+def _run_generate(cfg: GenerateConfig, progress: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device, allowed=("float32", "bfloat16"))
     out = Path(cfg.out)
@@ -114,6 +138,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict[str, Any]:
     if existing and not cfg.overwrite:
         raise ValueError(f"{out / existing[0]} exists already; pass --overwrite to replace it")
     tok, ar, fp = _load(cfg, device)
+    check_memory_budget(cfg, tok)
     low = None if dtype == torch.float32 else dtype
     # Cast once (not per call and window): a compiled step then keeps the same weights from call to call.
     ar, fp = (None if m is None else in_dtype(m, low) for m in (ar, fp))

@@ -27,6 +27,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -48,7 +49,7 @@ from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair, frame_prediction_condition
 from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
-from larp.sample.generate import generate
+from larp.sample.generate import check_sampling_args, generate
 from larp.sample.shards import (
     LOCK_STALE_SECONDS,
     MergeLock,
@@ -62,6 +63,7 @@ from larp.sample.shards import (
 )
 from larp.utils.device import autocast, resolve_device, resolve_dtype
 from larp.utils.files import atomic_write_bytes, write_json
+from larp.utils.outputs import Manifest
 
 FPS = 25  # the reference release writes its samples at 25 fps (UCF-101's and Kinetics' native rate)
 FP_FVD_SIZE = 64  # frame prediction protocol: prediction and ground truth go to 64x64 before the detector
@@ -161,6 +163,7 @@ def check_numbers(cfg: SampleConfig) -> None:
     if cfg.cfg_scale < 0 or cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
         raise ValueError(f"expected --cfg_scale >= 0, --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1, "
                          f"got {cfg.cfg_scale}, {cfg.temperature}, {cfg.top_k}, {cfg.top_p}")
+    check_sampling_args(cfg.cfg_scale, cfg.temperature, cfg.top_k, cfg.top_p)  # NaN, infinity, overflow
     if not cfg.no_fvd and cfg.total < 2:
         raise ValueError(f"FVD needs at least 2 samples, the job has {cfg.total}; pass --no_fvd to skip it")
     if cfg.fp:
@@ -247,13 +250,24 @@ def _check_job(out: Path, job: dict[str, Any]) -> None:
                          "--overwrite to replace it")
 
 
-# What a job writes in its folder (other files there are left alone).
-JOB_FILES = ("job.json", "clips.json", "fvd.json", "fvd.lock", "samples/*.mp4", "tokens/shard_*.npz",
-             "stats/*.npz", "stats/shard_*.done.json", "overview/shard_*.gif", "overview/shard_*.png")
+# What a job writes in its folder besides its samples (other files there are left alone). Its samples are
+# listed in the folder's manifest (larp.utils.outputs) as they are written.
+JOB_FILES = ("job.json", "clips.json", "fvd.json", "fvd.lock", "tokens/shard_*.npz", "stats/*.npz",
+             "stats/shard_*.done.json", "overview/shard_*.gif", "overview/shard_*.png")
+_SAMPLE_NAME = re.compile(r"\d{6}_class\d+\.mp4")
 
 
 def clear_job(out: Path) -> None:
-    """Remove what an earlier job wrote in `out` (fvd_report.csv, a log of results, stays)."""
+    """Remove what an earlier job wrote in `out` (fvd_report.csv, a log of results, stays), never a file
+    of the user's: samples are removed as the manifest lists them (a folder from before manifests: the
+    exact names a job gives its samples)."""
+    manifest = Manifest(out)
+    if manifest.entries():
+        manifest.clear()
+    elif (out / "samples").is_dir():
+        for path in (out / "samples").iterdir():
+            if _SAMPLE_NAME.fullmatch(path.name) and path.is_file():
+                path.unlink()
     for pattern in JOB_FILES:
         for path in out.glob(pattern):
             path.unlink()
@@ -338,6 +352,7 @@ def run_shard(plan: SamplePlan, progress: bool = True) -> ShardRecord:
     kept: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "cond": [], "tokens": []}
     overview: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     nll_sum = 0.0
+    manifest = Manifest(out)
     batches = grid_batches(start, end, cfg.total, cfg.sample_batch_size)
     for b0, b1 in tqdm(batches, desc=f"sampling [{start}, {end})", unit="batch", disable=not progress):
         k0, k1 = max(b0, start), min(b1, end)  # rows of this shard within the grid batch
@@ -362,8 +377,10 @@ def run_shard(plan: SamplePlan, progress: bool = True) -> ShardRecord:
         for name, value in (("index", torch.arange(k0, k1)), ("label", labels[rows]), ("cond", cond[rows]),
                             ("tokens", tokens[rows])):
             kept[name].append(value.cpu())
+        names = [out / "samples" / f"{i:06d}_class{plan.clips[i].label}.mp4" for i in range(k0, k1)]
+        manifest.record(*names)  # before writing: an interrupted shard's files are listed too
         for j, i in enumerate(range(k0, k1)):
-            write_mp4(out / "samples" / f"{i:06d}_class{plan.clips[i].label}.mp4", videos[j], fps=FPS)
+            write_mp4(names[j], videos[j], fps=FPS)
             if len(overview) < OVERVIEW_SAMPLES:
                 overview.append((videos[j].cpu(), real[i].cpu() if cfg.fp else None))
         if plan.extractor is not None:

@@ -3,23 +3,20 @@ and markers, coverage, exclusive files and the merge lock. No model code here.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from larp.utils.errors import LarpError
+from larp.utils.files import default_file_mode
+from larp.utils.outputs import FileLock
 
 LOCK_STALE_SECONDS = 600.0  # merging takes seconds; a lock this old belongs to a process that died
-OWNER_WAIT_SECONDS = 2.0  # how long a fresh lock file may stay without its owner record
 _MARKER = re.compile(r"shard_(\d+)_(\d+)\.done\.json")
 
 
@@ -54,13 +51,14 @@ def create_exclusive(path: Path, data: dict[str, Any]) -> bool:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would pass to the link: the umask's mode instead
         os.link(tmp, path)
         return True
     except FileExistsError:
         return False
     except OSError:  # a file system without hard links: exclusive create, then write
         try:
-            with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
+            with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), "w") as f:
                 f.write(text)
             return True
         except FileExistsError:
@@ -107,89 +105,15 @@ def check_coverage(shards: list[ShardRecord], total: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ merge lock
-class LockError(LarpError):
-    """A merge lock that cannot be judged (unreadable), so the merge neither runs nor can be left waiting."""
+class MergeLock(FileLock):
+    """The merge lock of a job folder (`fvd.lock`): larp.utils.outputs.FileLock with the merge's staleness.
 
-
-class MergeLock:
-    """An exclusive lock file (O_CREAT | O_EXCL) holding the owner's pid, host and time.
-
-    A lock is stale when its process is gone (same host) or it is older than `stale_after` seconds; a
-    stale lock is removed and taken. Two processes that both judge it stale at once could both take it;
-    `fvd.json` is created exclusively, so even then the FVD is reported once."""
+    Two processes that both judge it stale at once could both take it; `fvd.json` is created exclusively,
+    so even then the FVD is reported once."""
 
     def __init__(self, path: Path, stale_after: float = LOCK_STALE_SECONDS):
-        self.path = path
-        self.stale_after = stale_after
-        self.held = False
-        self.owner: dict[str, Any] = {}
-
-    def _read_owner(self) -> dict[str, Any]:
-        """The owner record; {} while the file is missing or not (yet) a complete record."""
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _wait_for_owner(self) -> None:
-        """A lock file holds its owner record a moment after it is created: wait that moment. A lock that
-        stays unreadable belongs to no `larp sample` process; waiting for it would end the job without an
-        FVD, so it is an error that says what to do."""
-        deadline = time.monotonic() + OWNER_WAIT_SECONDS
-        while not self.owner and self.path.exists():
-            if time.monotonic() > deadline:
-                raise LockError(f"{self.path} exists but holds no readable owner record (pid, host, time), so "
-                                "no merge can be shown to be running; if no other shard of this job is "
-                                "merging now, delete the file and run this shard again to merge")
-            time.sleep(0.05)
-            self.owner = self._read_owner()
-
-    def is_stale(self) -> bool:
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return True
-        owner = self.owner = self._read_owner()
-        if age > self.stale_after:
-            return True
-        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            try:
-                os.kill(owner["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-        return False
-
-    def acquire(self) -> bool:
-        for attempt in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if attempt == 0 and self.is_stale():
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(self.path)
-                    continue
-                self._wait_for_owner()
-                if not self.path.exists():  # released while we waited
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
-            self.held = True
-            return True
-        return False
-
-    def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-            self.held = False
+        super().__init__(path, stale_after=stale_after, command="sample (merge)")
 
     def __enter__(self) -> MergeLock:
         self.acquire()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

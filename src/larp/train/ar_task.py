@@ -26,7 +26,7 @@ from larp.train.draws import GivenDraws
 from larp.train.engine import TrainContext
 from larp.train.finetune import load_init_weights
 from larp.train.optim import decay_groups, make_ema, make_schedule, remember_base_lrs, set_lr_factor
-from larp.train.token_cache import TokenCacheDataset
+from larp.train.token_cache import TokenCacheDataset, check_cache_tokenizer
 
 __all__ = ["ARTask", "check_pair", "decay_groups"]
 
@@ -57,6 +57,8 @@ class ARTask:
         if data.token_cache:
             self.train_set: Any = TokenCacheDataset(data.token_cache)
             meta = self.train_set.meta
+            if self.tokenizer is not None:
+                check_cache_tokenizer(meta, self.tokenizer, data.token_cache)
             if (meta.codebook_size, meta.num_tokens) != (self.model.config.vocab_size, self.model.config.max_seq_len):
                 raise ValueError(f"token cache {data.token_cache} holds {meta.num_tokens} tokens of a "
                                  f"{meta.codebook_size}-code book; the AR model expects {self.model.config.max_seq_len} "

@@ -103,6 +103,13 @@ def write_checkpoint(final: Path, step: int, state: dict[str, Any]) -> Path:
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
+    except (SafetensorError, OSError) as exc:  # a full disk, a quota: the older checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = [p for p in list_checkpoints(root) if p != final]
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint was changed"
+        # an OSError, as before, so callers that handle I/O failures still do; the CLI prints it in one line
+        raise OSError(f"could not write the checkpoint {final} ({' '.join(str(exc).split())}; is the disk "
+                      f"full?); {kept}. Free some space and continue with --resume") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

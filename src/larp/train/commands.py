@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clear_token_cache(out: Path, overwrite: bool) -> None:
+def _clear_token_cache(out: Path, overwrite: bool, dry_run: bool = False) -> None:
     """An existing cache in `out` is refused, or with --overwrite removed (its meta.json first, so an
     interruption never leaves something that looks like a complete cache)."""
     from larp.train.token_cache import META
@@ -54,6 +54,8 @@ def _clear_token_cache(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise LarpError(f"{out} holds a token cache already; pass --overwrite to replace it")
+    if dry_run:
+        return
     meta.unlink()
     for shard in out.glob("shard_*.safetensors"):
         shard.unlink()
@@ -64,17 +66,20 @@ def _tokenize_dataset(args: argparse.Namespace) -> int:
     from larp.models.tokenizer import LARPTokenizer
     from larp.train.token_cache import build_token_cache
     from larp.utils.device import resolve_device
+    from larp.utils.outputs import exclusive_output
 
-    device = resolve_device(args.device)
-    tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
-    c, t, h, w = tokenizer.video_shape
-    dataset = VideoCSVDataset(args.dataset_csv, num_frames=t, size=h, train=False, seed=args.seed)
     out = Path(args.out)
-    _clear_token_cache(out, args.overwrite)
-    meta = build_token_cache(tokenizer, dataset, out, tokenizer_id=args.tokenizer,
-                             windows_per_video=args.windows_per_video, flip=not args.no_flip, seed=args.seed,
-                             fp_context_frames=args.fp_context_frames, batch_size=args.batch_size,
-                             shard_size=args.shard_size, device=device)
+    with exclusive_output(out, "tokenize-dataset"):  # a second build into the folder stops here
+        _clear_token_cache(out, args.overwrite, dry_run=True)  # refused before the tokenizer is loaded
+        device = resolve_device(args.device)
+        tokenizer = LARPTokenizer.from_pretrained(args.tokenizer)
+        c, t, h, w = tokenizer.video_shape
+        dataset = VideoCSVDataset(args.dataset_csv, num_frames=t, size=h, train=False, seed=args.seed)
+        _clear_token_cache(out, args.overwrite)
+        meta = build_token_cache(tokenizer, dataset, out, tokenizer_id=args.tokenizer,
+                                 windows_per_video=args.windows_per_video, flip=not args.no_flip, seed=args.seed,
+                                 fp_context_frames=args.fp_context_frames, batch_size=args.batch_size,
+                                 shard_size=args.shard_size, device=device)
     print(f"wrote {meta.num_entries} entries in {len(meta.shards)} shard(s) to {out}"
           + (f"; skipped {len(meta.skipped_videos)} unreadable video(s), listed in meta.json"
              if meta.skipped_videos else ""))

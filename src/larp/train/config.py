@@ -22,7 +22,14 @@ from larp.models.config import (
     TokenizerConfig,
 )
 from larp.train.codebook import CodebookOptions
-from larp.utils.config import ConfigError, apply_overrides, from_dict, parse_override_value, to_dict
+from larp.utils.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    parse_override_value,
+    read_yaml_file,
+    to_dict,
+)
 
 T = TypeVar("T")
 
@@ -299,10 +306,35 @@ class ARTrainConfig:
                   f"one entry per class of the new model ({classes})", self.model.class_rows)
 
 
+def _check_finite(node: Any, where: str) -> None:
+    """Every number of the recipe is finite: infinity passes `>= 0` and would only fail mid-run."""
+    if isinstance(node, float):
+        _need(math.isfinite(node), where, "a finite number", node)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{where}[{i}]")
+
+
+def _check_device(name: str, key: str) -> None:
+    import torch
+
+    try:
+        torch.device("cpu" if name == "auto" else name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{key} must be auto, cpu, cuda, cuda:N or another torch device, got {name!r}") from exc
+
+
 def _validate_common(recipe: Any) -> None:
     recipe.data.validate()
     recipe.optim.validate()
     recipe.run.validate()
+    for key, value in to_dict(recipe).items():
+        _check_finite(value, key)
+    _check_device(recipe.run.device, "run.device")
+    _need(recipe.optim.lr <= 1, "optim.lr", "in (0, 1] (AdamW's rates are around 1e-4)", recipe.optim.lr)
 
 
 def resolve_epochs(recipe: Any, num_items: int, processes: int = 1) -> int:
@@ -348,7 +380,7 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = read_yaml_file(path) or {}  # size and alias expansion checked first
         except FileNotFoundError as exc:
             raise ConfigError(f"recipe {path} does not exist") from exc
         except IsADirectoryError as exc:

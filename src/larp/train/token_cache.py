@@ -9,7 +9,9 @@ from a seed per (video, window), so `clip_for_entry` recovers exactly the clip a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +32,7 @@ from larp.sample.condition import pad_context
 from larp.utils.files import write_safetensors
 
 META = "meta.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +50,34 @@ class CacheMeta:
     num_entries: int = 0
     shards: tuple[str, ...] = ()
     skipped_videos: tuple[str, ...] = ()
+    tokenizer_sha256: str = ""  # of the tokenizer's weights (`tokenizer_fingerprint`); "" in older caches
+
+
+def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights (names, types, shapes and values): the same for every copy of the same
+    model, wherever it is stored or loaded."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_cache_tokenizer(meta: CacheMeta, tokenizer: torch.nn.Module, folder: str | os.PathLike,
+                          tokenizer_name: str = "tokenizer.path") -> None:
+    """Refuse a token cache that another tokenizer made: its codes would mean nothing to this one's decoder.
+    A cache from before fingerprints were recorded is accepted with a warning."""
+    if not meta.tokenizer_sha256:
+        log.warning("token cache %s does not record which tokenizer weights made it (an older cache); it is "
+                    "assumed to come from %s", folder, tokenizer_name)
+        return
+    found = tokenizer_fingerprint(tokenizer)
+    if found != meta.tokenizer_sha256:
+        raise ValueError(f"token cache {folder} was made by another tokenizer ({meta.tokenizer}, weights "
+                         f"sha256 {meta.tokenizer_sha256[:12]}...) than {tokenizer_name} (weights sha256 "
+                         f"{found[:12]}...); rebuild it with `larp tokenize-dataset --tokenizer` that tokenizer, "
+                         "or use the tokenizer that made it")
 
 
 def window_start(num_video_frames: int, clip_frames: int, seed: int, video: int, window: int) -> int:
@@ -105,6 +136,7 @@ def build_token_cache(
         seed=seed,
         source=str(getattr(dataset, "csv_path", "")),
         fp_context_frames=fp_context_frames,
+        tokenizer_sha256=tokenizer_fingerprint(tokenizer),
     )
     buffer: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("tokens", "labels", "video", "start", "flip", "cond")

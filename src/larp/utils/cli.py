@@ -116,6 +116,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    value = int(_number(int, text))
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [1, 65535], got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """Any finite number (no nan, no inf)."""
     return float(_number(float, text))
@@ -204,6 +212,26 @@ def add_overwrite(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                   help: str = "replace outputs that exist already (without it, an existing output is an error)"
                   ) -> None:
     add_option(parser, "overwrite", action="store_true", help=help)
+
+
+def add_frame_budgets(parser: argparse.ArgumentParser) -> None:
+    """`--max_frames` and `--max_frame_pixels`: the budgets a video's declared size is checked against
+    before any work (larp.utils.budget; docs/safety.md)."""
+    from larp.utils import budget
+
+    add_option(parser, "max_frames", type=positive_int, default=budget.DEFAULT_MAX_FRAMES,
+               help="refuse a video (read or written) of more frames than this, before any work")
+    add_option(parser, "max_frame_pixels", type=positive_int, default=budget.DEFAULT_MAX_FRAME_PIXELS,
+               help="refuse frames of more pixels (width x height) than this, before any work")
+
+
+def add_memory_budget(parser: argparse.ArgumentParser) -> None:
+    """`--max_memory_mb`: the frames one step may hold at once (larp.utils.budget)."""
+    from larp.utils import budget
+
+    add_option(parser, "max_memory_mb", type=positive_int, default=budget.DEFAULT_MAX_MEMORY_MB,
+               help="refuse, before any work, settings whose frames (one batch, one window) need more memory "
+                    "than this (MB)")
 
 
 # --- run-time helpers ------------------------------------------------------------------------------------

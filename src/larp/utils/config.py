@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+MAX_YAML_BYTES = 1 << 20  # a recipe is a few KB
+MAX_YAML_NODES = 100_000  # values after aliases are expanded (a recipe has a few hundred)
+
+
 class ConfigError(ValueError):
     """A configuration that does not match its schema (unknown key, wrong type, bad value)."""
 
@@ -186,7 +190,45 @@ def parse_override_value(item: str, raw: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(raw)
+        return safe_yaml(raw, f"override {item!r}")
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r} has a value that is not valid YAML: "
                           f"{' '.join(str(err).split())} (quote it as a string if that is what you mean)") from err
+
+
+def safe_yaml(text: str, where: str, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """YAML parsed with the safe loader after its size and its size with aliases expanded are checked: a
+    1 KB file of nested aliases ("billion laughs") expands to gigabytes."""
+    import yaml
+
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ConfigError(f"{where} holds {len(text):,} characters, more than the {max_bytes:,} bytes a recipe "
+                          "may have")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)  # the graph, aliases shared: no expansion yet
+    sizes: dict[int, int] = {}
+
+    def expanded(n: Any) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a recursive alias counts once here; the loader refuses it later anyway
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(expanded(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(expanded(k) + expanded(v) for k, v in n.value)
+        total = min(total, max_nodes + 1)
+        sizes[id(n)] = total
+        return total
+
+    if node is not None and expanded(node) > max_nodes:
+        raise ConfigError(f"{where} expands to more than {max_nodes:,} values through its aliases (&name / "
+                          "*name); a recipe has a few hundred")
+    return yaml.safe_load(text)
+
+
+def read_yaml_file(path: Any, max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """A YAML file through `safe_yaml`, reading no more than the budget allows (a recipe path may name a
+    huge file or a device)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read(max_bytes + 1)
+    return safe_yaml(text, f"recipe {path}", max_bytes)

@@ -19,5 +19,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (LarpError, ValueError, OSError)
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception's message on one line, whatever its own formatting."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The exception's message on one line, whatever its own formatting. An error that a DataLoader worker
+    raised reaches the main process as torch's text ("Caught X in DataLoader worker process N. Original
+    Traceback ... X: message"): its own message is the last line."""
+    text = str(exc)
+    if text.startswith(f"Caught {type(exc).__name__} in DataLoader worker"):
+        marker = f"{type(exc).__name__}: "
+        last = next((line for line in reversed(text.splitlines()) if marker in line), "")
+        text = last.split(marker, 1)[-1] or text
+    return " ".join(text.split()) or type(exc).__name__

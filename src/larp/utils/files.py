@@ -77,9 +77,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata
                       ) -> Path:
     """Write `tensors` as a safetensors file, atomically and with the umask's permissions (safetensors alone
     creates its files readable by their owner only)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    try:
+        atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    except SafetensorError as exc:  # an I/O failure (a full disk) as safetensors reports it
+        raise OSError(f"could not write {path}: {exc} (is the disk full?); nothing was written there") from exc
     return Path(path)
 
 

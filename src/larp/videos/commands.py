@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from larp.utils import cli as opts
+from larp.utils.budget import budget_args, check_frames
 from larp.utils.errors import USER_ERRORS, LarpError, one_line
+from larp.utils.outputs import exclusive_output
 from larp.videos.defaults import DEFAULT_BATCH, DEFAULT_SPATIAL, SPATIAL_MODES
 
 if TYPE_CHECKING:
@@ -116,10 +118,23 @@ class _Bar:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
+    outputs = _outputs(args.videos, args.out, args.overwrite)
+    single = len(outputs) == 1 and outputs[0] == Path(args.out)
+    with exclusive_output(args.out, "tokenize", folder=not single):
+        return _tokenize(args, outputs)
+
+
+def _tokenize(args: argparse.Namespace, outputs: list[Path]) -> int:
+    from larp.data.video_io import probe_video
     from larp.utils.device import DTYPES, resolve_device
     from larp.videos.tokens import tokenize_video
 
-    outputs = _outputs(args.videos, args.out, args.overwrite)
+    for video in args.videos:  # every declared size against the budgets, before any work
+        try:
+            info = probe_video(video)
+        except USER_ERRORS:
+            continue  # an unreadable file is reported with the others below
+        check_frames(video, info.num_frames, info.height, info.width, **budget_args(args))
     device = resolve_device(args.device)
     model = _load_tokenizer(args.tokenizer, device)
     failed = 0
@@ -145,12 +160,19 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    out = _mp4_path(args.out, args.overwrite)
+    with exclusive_output(out, "decode", folder=False):
+        return _decode(args, out)
+
+
+def _decode(args: argparse.Namespace, out: Path) -> int:
     from larp.utils.device import DTYPES, resolve_device
     from larp.videos.tokens import DEFAULT_FPS, VideoTokens, iter_decode
 
-    out = _mp4_path(args.out, args.overwrite)
     token_file = Path(args.tokens)
     tokens = VideoTokens.load(token_file)
+    _, t, h, w = tokens.output_shape
+    check_frames(f"the video {token_file} declares", t, h, w, **budget_args(args))  # before any work
     device = resolve_device(args.device)
     if args.tokenizer:
         model = _load_tokenizer(args.tokenizer, device)
@@ -170,15 +192,21 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
+    out = _mp4_path(args.out, args.overwrite)
+    with exclusive_output(out, "reconstruct", folder=False):
+        return _reconstruct(args, out)
+
+
+def _reconstruct(args: argparse.Namespace, out: Path) -> int:
     from larp.data.video_io import probe_video
     from larp.utils.device import DTYPES, resolve_device
     from larp.videos.layout import plan_windows
     from larp.videos.tokens import PSNRMeter, iter_reconstruct
 
-    out = _mp4_path(args.out, args.overwrite)
+    info = probe_video(args.video)  # the file itself is streamed window by window, twice
+    check_frames(args.video, info.num_frames, info.height, info.width, **budget_args(args))
     device = resolve_device(args.device)
     model = _load_tokenizer(args.tokenizer, device)
-    info = probe_video(args.video)  # the file itself is streamed window by window, twice
     meter, bar, done = PSNRMeter(), _Bar("encode"), [0]
     chunks = iter_reconstruct(model, args.video, tile=args.spatial == "tile", overlap=args.overlap,
                               batch_size=args.batch_size, device=device, dtype=DTYPES[args.dtype], meter=meter,
@@ -208,6 +236,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     opts.add_dtype(p)
     opts.add_batch_size(p, DEFAULT_BATCH, help="clips (windows x tiles) per forward pass")
     opts.add_overwrite(p)
+    opts.add_frame_budgets(p)
 
 
 def _add_overlap(p: argparse.ArgumentParser) -> None:
