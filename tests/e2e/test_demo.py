@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shortened_demo_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    # Strict JSON: an undefined figure is null, never NaN (which most JSON readers refuse).
+    metrics = json.loads((out / "metrics.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
     for key in ("val_psnr_db", "val_ssim", "codebook_usage", "recon_object_iou", "recon_object_psnr_db",
                 "recon_strict_accuracy", "recon_sfvd", "sample_strict_accuracy", "sample_coherent_fraction",
                 "sample_sfvd", "sfvd_real_floor", "real_strict_accuracy", "sample_class_accuracy"):
@@ -29,6 +31,7 @@ def test_shortened_demo_writes_a_complete_report(tmp_path, capsys):
     assert metrics["chance_accuracy"] == 0.1 and metrics["samples"] == 10
     assert metrics["real_strict_accuracy"] >= 0.9  # real clips: the classifier's ceiling
     html = (out / "report.html").read_text()
+    assert "(quick run)</h1>" in html and "class='banner'" in html and "figures and pictures mean nothing" in html
     for key in ("recon_object_iou", "sample_coherent_fraction", "sample_sfvd"):
         assert f"<code>{key}</code>" in html  # every figure has a row (with its explanation)
     links = re.findall(r"href='([^']+)'", html)

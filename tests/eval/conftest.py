@@ -64,6 +64,7 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(fvd, "_download_dropbox", offline)
     monkeypatch.setattr(fvd, "_download_hf", offline)
+    monkeypatch.setattr(fvd, "host_resolves", lambda url: True)  # the stand-in mirrors above are tried
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,8 @@ def test_eval_tokenizer_writes_metrics_with_the_protocol(trusted_standin: Path, 
     assert sorted(result["metrics"]) == ["psnr", "rfvd", "ssim"]
     assert result["tokenizer"] == str(folder)
     p = result["protocol"]
-    assert (p["name"], p["split"], p["num_clips"], p["seed"], p["lpips"]) == ("heldout", "test", 3, 5, None)
+    assert (p["name"], p["procedure"], p["split"], p["num_clips"], p["seed"], p["lpips"]) == (
+        "custom", "heldout", "test", 3, 5, None)
     assert f"rFVD {result['metrics']['rfvd']:.3f}" in capsys.readouterr().out
 
 

@@ -254,6 +254,16 @@ def test_offline_mode_tries_no_mirror(trusted_standin: Path, monkeypatch: pytest
         fvd.load_detector()
 
 
+def test_without_network_no_mirror_is_tried(trusted_standin: Path, monkeypatch: pytest.MonkeyPatch):
+    """A host that does not resolve fails at once, instead of after the hub client's retries."""
+    monkeypatch.setattr(fvd, "host_resolves", lambda url: False)
+    monkeypatch.setattr(fvd, "_download_dropbox", lambda dest: pytest.fail("tried Dropbox"))
+    monkeypatch.setattr(fvd, "_download_hf", lambda dest: pytest.fail("tried Hugging Face"))
+    with pytest.raises(DetectorError, match=r"Dropbox: www.dropbox.com cannot be resolved \(no network\?\); "
+                                            r"Hugging Face: huggingface.co cannot be resolved"):
+        fvd.load_detector()
+
+
 def test_download_verifies_then_renames(trusted_standin: Path, monkeypatch: pytest.MonkeyPatch):
     def bad_mirror(dest: Path) -> None:
         dest.write_bytes(b"<html>a login page</html>")

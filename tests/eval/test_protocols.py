@@ -47,7 +47,10 @@ def test_evaluate_tokenizer_matches_a_direct_computation(tokenizer, tiny_videos:
     assert m["ssim"] == pytest.approx(ssim(recon, video).mean().item(), rel=1e-6)
     assert m["lpips"] == pytest.approx(random_lpips(recon, video).mean().item(), rel=1e-5)
     p = result["protocol"]
-    assert (p["name"], p["split"], p["num_clips"], p["videos_in_csv"]) == ("paper", "train", 4, 5)
+    # Not the 9,537 videos of UCF-101 split 1: a custom protocol, labelled so, with the paper's procedure named.
+    assert (p["name"], p["procedure"], p["split"], p["num_clips"], p["videos_in_csv"]) == (
+        "custom", "paper", "train", 4, 5)
+    assert p["expected_videos"] is None and "not comparable to the paper's figures" in p["description"]
     assert (p["num_frames"], p["size"], p["seed"], p["deterministic"]) == (8, 32, 3, True)
     assert p["detector"]["sha256"] == fvd.sha256_of(trusted_standin)
     assert "not comparable to the paper" in p["note"]
@@ -138,3 +141,15 @@ def test_gfvd_chunks_probe_videos_and_read_the_chunk(tiny_videos: Path):
     expected = ClipTransform(32, train=False)(frames[chunks[0].start:chunks[0].start + 4])
     assert item["video"].shape == (3, 4, 32, 32) and item["label"] == chunks[0].label
     np.testing.assert_array_equal(item["video"].numpy(), expected.numpy())
+
+
+def test_the_whole_split_one_list_is_the_papers_protocol(tokenizer, tiny_videos: Path, trusted_standin: Path,
+                                                        monkeypatch):
+    """With as many videos as the protocol's list and every one of them, the record keeps the protocol's name."""
+    from dataclasses import replace
+
+    paper = replace(protocols.PROTOCOLS["paper"], expected_videos=5)  # the tiny list stands in for split 1
+    result = protocols.evaluate_tokenizer(tokenizer, tiny_videos / "data.csv", protocol=paper, batch_size=5,
+                                          detector=trusted_standin, lpips=False, progress=False)
+    p = result["protocol"]
+    assert (p["name"], p["expected_videos"], p["num_clips"]) == ("paper", 5, 5) and "procedure" not in p

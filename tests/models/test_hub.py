@@ -126,6 +126,24 @@ def test_released_ar_config_cannot_load_as_tokenizer(tmp_path):
         LARPTokenizer.from_pretrained(folder)
 
 
+def test_without_network_a_hub_id_uses_the_cache_at_once(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from larp.models import hub
+
+    calls = []
+
+    def snapshot(repo, **kwargs):
+        calls.append(kwargs["local_files_only"])
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    for online in (False, True):
+        monkeypatch.setattr(hub, "host_resolves", lambda url, online=online: online)
+        assert hub.resolve_folder("owner/model") == tmp_path
+    assert calls == [True, False]  # the cache only, without network; a normal look-up otherwise
+
+
 def test_offline_hub_id_without_cache_says_what_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

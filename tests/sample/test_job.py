@@ -80,6 +80,7 @@ def detector(standin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(fvd, "_download_dropbox", offline)
     monkeypatch.setattr(fvd, "_download_hf", offline)
+    monkeypatch.setattr(fvd, "host_resolves", lambda url: True)
     return standin
 
 

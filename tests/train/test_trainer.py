@@ -273,3 +273,11 @@ def test_initialisation_clips_come_from_the_whole_dataset(tiny_data):
     assert len({dataset.rows[i].label for i in rows}) >= 3  # not the first rows (two classes)
     assert torch.equal(init_clips(training_videos(data, seed=0), 8, seed=3), clips)  # seeded
     assert init_clips(dataset, 100, seed=3).shape[0] == len(dataset)  # at most the whole dataset
+
+
+def test_progress_bar_shows_one_rate():
+    from larp.train.engine import postfix
+
+    shown = postfix({"loss": 0.5, "pixel": 0.25, "vq": 0.125, "lr": 1e-4, "prior_ce": 3.0}, 12.345)
+    assert shown == {"loss": "0.5", "pixel": "0.25", "vq": "0.125", "lr": "0.0001", "clips/s": "12.3"}
+    assert "clips_per_s" not in postfix({"clips_per_s": 3.0, "loss": 1.0}, 2.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -85,3 +86,13 @@ def test_check_file_compares_the_size_before_hashing(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     with pytest.raises(ValueError, match=f"has SHA-256 {digest}, expected {'0' * 64} for the weights"):
         check_file(path, 7, "0" * 64, "the weights")
+
+
+def test_write_json_writes_undefined_figures_as_null(tmp_path):
+    from larp.utils.files import write_json
+
+    path = write_json(tmp_path / "m.json", {"psnr": float("nan"), "fvd": [1.5, float("inf")], "n": 3,
+                                             "nested": {"x": -float("inf"), "ok": 0.25}})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"psnr": None, "fvd": [1.5, None], "n": 3, "nested": {"x": None, "ok": 0.25}}

@@ -143,7 +143,10 @@ def write_demo_report(demo: Any) -> dict[str, Any]:
              f"guidance {cfg.cfg_scale:g}, temperature {cfg.temperature:g}"
              + (f", top-k {cfg.top_k}" if cfg.top_k else "") + f") and {done['recon']['val_clips']} validation "
              "clips scored by the dataset's analytic classifier (docs/demo.md says how each figure is computed)."]
-    report = write_report(out / "report.html", "larp demo: LARP on synthetic videos", table, sections, notes)
+    banner = ("A quick run (larp demo --quick): a few steps per stage, to check that every stage runs. Its "
+              "figures and pictures mean nothing; run `larp demo` without --quick for the real demo.") if cfg.quick else ""
+    title = "larp demo: LARP on synthetic videos" + (" (quick run)" if cfg.quick else "")
+    report = write_report(out / "report.html", title, table, sections, notes, banner)
     return {"report": str(report)}
 
 

@@ -108,6 +108,8 @@ def _data_uri(path: Path) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
@@ -116,9 +118,10 @@ def _fmt(value: Any) -> str:
 
 
 def write_report(out: Path, title: str, table: Sequence[tuple[str, Any, str]],
-                 sections: list[tuple[str, list[tuple[str, Path]]]], notes: Sequence[str] = ()) -> Path:
-    """One HTML page: a metrics table (name, value, one plain line on what it means), then sections of
-    captioned pictures (embedded, and linked to the files beside the page)."""
+                 sections: list[tuple[str, list[tuple[str, Path]]]], notes: Sequence[str] = (),
+                 banner: str = "") -> Path:
+    """One HTML page: an optional warning `banner`, a metrics table (name, value, one plain line on what it
+    means), then sections of captioned pictures (embedded, and linked to the files beside the page)."""
     rows = "\n".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{_fmt(v)}</td><td>{html.escape(e)}</td></tr>"
                      for k, v, e in table)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -127,6 +130,9 @@ def write_report(out: Path, title: str, table: Sequence[tuple[str, Any, str]],
              "figure{display:inline-block;margin:8px;vertical-align:top}figcaption{font-size:13px}"
              "img{image-rendering:pixelated;max-width:100%}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
+    if banner:
+        parts.append("<p class='banner' style='background:#fde2e2;border:2px solid #c33;padding:10px;"
+                     f"font-weight:bold'>{html.escape(banner)}</p>")
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
     for heading, pictures in sections:

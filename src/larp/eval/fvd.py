@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,14 @@ import scipy.linalg
 import torch
 
 from larp.utils.errors import LarpError
-from larp.utils.files import NpzArchive, atomic_write_bytes, offline_mode, sha256_of
+from larp.utils.files import (
+    NpzArchive,
+    atomic_write_bytes,
+    hf_endpoint,
+    host_resolves,
+    offline_mode,
+    sha256_of,
+)
 
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_SIZE = 51_235_320
@@ -96,7 +104,11 @@ def download_detector(target: Path) -> Path:
     if offline_mode():
         raise DetectorError(_missing_message(target, ["HF_HUB_OFFLINE is set, so nothing was downloaded"]))
     failures: list[str] = []
-    for name, fetch in (("Dropbox", _download_dropbox), ("Hugging Face", _download_hf)):
+    for name, fetch, url in (("Dropbox", _download_dropbox, I3D_DROPBOX_URL),
+                             ("Hugging Face", _download_hf, hf_endpoint())):
+        if not host_resolves(url):  # no network: fail now, not after the hub client's retries
+            failures.append(f"{name}: {urllib.parse.urlsplit(url).hostname} cannot be resolved (no network?)")
+            continue
         try:
             atomic_write_bytes(target, lambda tmp: (fetch(Path(tmp)), verify_detector_file(tmp)))  # noqa: B023
             return target

@@ -25,7 +25,14 @@ from torch import nn
 
 from larp.models.card import model_card
 from larp.utils.errors import CheckpointError
-from larp.utils.files import atomic_write_bytes, offline_mode, write_json, write_safetensors
+from larp.utils.files import (
+    atomic_write_bytes,
+    hf_endpoint,
+    host_resolves,
+    offline_mode,
+    write_json,
+    write_safetensors,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,8 +56,11 @@ def resolve_folder(path_or_repo: str | os.PathLike, revision: str | None = None)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # Without network, the hub cache at once (the hub client would retry for tens of seconds first).
+    local_only = not host_resolves(hf_endpoint())
     try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        return Path(snapshot_download(text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+                                      local_files_only=local_only))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         raise CheckpointError(
             f"could not get the model {text!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "

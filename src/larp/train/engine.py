@@ -53,6 +53,12 @@ def check_batch_fits(num_items: int, batch_size: int, world_size: int) -> None:
                          f"per process ({world_size} processes)")
 
 
+def postfix(metrics: dict[str, Any], rate: float, count: int = 4) -> dict[str, str]:
+    """The progress bar's figures: the step's first `count` metrics, then the one rate (clips/s)."""
+    shown = {k: f"{float(v):.4g}" for k, v in list(metrics.items())[:count] if k != "clips_per_s"}
+    return shown | {"clips/s": f"{rate:.1f}"}
+
+
 class TrainingDiverged(LarpError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -330,10 +336,9 @@ class Engine:
                 if self.step % run.log_every == 0 or self.step == run.max_steps:
                     rate = clips / max(time.perf_counter() - t0, 1e-9)
                     shown = {f"train/{k}": float(v) for k, v in metrics.items()}
+                    bar.set_postfix(postfix(metrics, rate))
                     shown["train/clips_per_s"] = rate
                     self.logger.log(self.step, shown)
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(shown.items())[:4]}
-                                    | {"clips/s": f"{rate:.1f}"})
                     t0, clips = time.perf_counter(), 0
                 bar.update(1)
                 done = self.step == run.max_steps

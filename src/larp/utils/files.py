@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -66,9 +67,21 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable[[str], Any]) -> 
         raise
 
 
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None: strict JSON (null), which every reader
+    parses (Python's json would write NaN, which most other readers refuse)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write `data` as indented JSON with sorted keys, atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    """Write `data` as indented JSON with sorted keys, atomically; undefined figures (NaN, inf) as null."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
     return Path(path)
 
@@ -165,6 +178,24 @@ class NpzArchive:
 def offline_mode() -> bool:
     """Whether downloads are off: HF_HUB_OFFLINE set to 1/true/yes/on (the Hugging Face convention)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
+
+
+def hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def host_resolves(url: str) -> bool:
+    """Whether the host of `url` has an address (a DNS look-up). False at once on a machine without network,
+    where an HTTP client (the Hugging Face hub's retries with back-off) would take tens of seconds to fail."""
+    import socket
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url).hostname or url
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def sha256_of(path: str | os.PathLike) -> str:
