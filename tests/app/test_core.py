@@ -84,7 +84,8 @@ def test_generate_samples_the_library_tokens(models, tmp_path):
     # The random tokenizer decodes to no visible object: the classifier says so instead of naming a class.
     assert s.classified_as == ("no object", "no object")
     assert read_video(s.video)[0].shape == (8, 256, 2 * 256 + 2, 3)
-    assert "2 samples of cyan_diamond_rising" in s.summary() and "recognises 0 of 2" in s.summary()
+    assert "2 samples of cyan_diamond_rising" in s.summary() and "strictly right (colour, shape and motion, as " \
+        "the demo's report counts) 0 of 2" in s.summary()
 
 
 def test_generate_refuses_bad_settings(models, model_dirs, tmp_path):
@@ -196,6 +197,14 @@ def test_synthetic_verdict_reads_real_clips():
     video = to_tensor(synthetic_clip(4, np.random.default_rng(3), frames=16, size=64))
     assert core.synthetic_verdict(video, 10) == synthetic_class(4).name == core.class_names(10, "synthetic")[0][4]
     assert core.synthetic_verdict(torch.zeros(3, 16, 64, 64), 10) == "no object"
+
+
+def test_synthetic_verdict_is_the_reports_strict_rule(monkeypatch):
+    """A blob of the right colour and path is not the class (the lenient classifier would say it is)."""
+    video = to_tensor(synthetic_clip(4, np.random.default_rng(3), frames=16, size=64))
+    spec = synthetic_class(4)
+    monkeypatch.setattr(core, "clip_attributes", lambda v: (spec.colour, None, spec.motion))
+    assert core.synthetic_verdict(video, 10) == f"{spec.colour} ? {spec.motion}: no class"
 
 
 def test_demo_clips_fit_the_tokenizer(models, tmp_path):

@@ -91,6 +91,17 @@ def test_build_page_lays_out_the_three_tabs(models, tmp_path):
     assert "No class-conditional model is loaded: start `larp app` with `--ar_model`." in texts
 
 
+def test_demo_clips_are_offered_for_the_demos_models_only(models, tmp_path):
+    pytest.importorskip("gradio", reason="the page needs the app extra: pip install -e '.[app]'")
+    from larp.app.page import build_page
+
+    def labels(built):
+        return [c.get("props", {}).get("label") for c in built.config["components"]]
+
+    assert "Demo clips (synthetic)" not in labels(build_page(dataclasses.replace(models, synthetic=False), tmp_path / "a"))
+    assert "Demo clips (synthetic)" in labels(build_page(dataclasses.replace(models, synthetic=True), tmp_path / "d"))
+
+
 def test_uploads_are_limited_kept_in_the_work_folder_and_removed_on_exit(models, monkeypatch, tmp_path):
     import gradio as gr
 
@@ -108,6 +119,7 @@ def test_uploads_are_limited_kept_in_the_work_folder_and_removed_on_exit(models,
     monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
     page_mod.launch(models, max_upload_mb=7)
     assert seen["max_file_size"] == "7mb"
+    assert seen["share"] is False and seen["quiet"] is True  # no share link, and no banner suggesting one
     assert Path(seen["cache"]).parent.parent == tmp_path  # tmp_path/larp-app-*/uploads, not /tmp/gradio
     assert list(tmp_path.iterdir()) == []  # the uploads went with the work folder
     assert "GRADIO_TEMP_DIR" not in os.environ

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from larp.data.synthetic import MAX_CLASSES, classify_clip, clip_attributes, synthetic_classes, synthetic_clip
+from larp.data.synthetic import MAX_CLASSES, clip_attributes, synthetic_classes, synthetic_clip
 from larp.data.transforms import center_crop, pad_frames, resize_short_side
 from larp.data.video_io import MP4Writer, probe_video, read_clip, read_video, to_tensor, to_uint8, write_mp4
 from larp.models.ar import LARPAR
@@ -276,10 +276,17 @@ def _generator(seed: float | int | None, device: torch.device) -> torch.Generato
 
 
 def synthetic_verdict(video: torch.Tensor, num_classes: int) -> str:
-    """The synthetic set's class that its analytic classifier reads in a clip, or "no object"."""
-    if clip_attributes(video)[0] is None:  # the lenient classifier would still name a class
+    """What the synthetic set's analytic classifier reads in a clip, by the demo report's strict rule: the
+    class whose colour, shape and motion all match, else what was read ("red blob rising: no class"), or
+    "no object"."""
+    colour, shape, motion = clip_attributes(video)
+    if colour is None:
         return "no object"
-    return synthetic_classes(num_classes)[classify_clip(video, num_classes)].name
+    for spec in synthetic_classes(num_classes):
+        if (spec.colour, spec.shape, spec.motion) == (colour, shape, motion):
+            return spec.name
+    read = " ".join(part or "?" for part in (colour, shape, motion))
+    return f"{read}: no class"
 
 
 @dataclass
@@ -295,8 +302,8 @@ class Samples:
         text = f"{self.count} sample{'s' if self.count > 1 else ''} of {self.class_name} in {self.seconds:.1f} s"
         if self.classified_as is not None:
             right = sum(c == self.class_name for c in self.classified_as)
-            text += (f" · the synthetic set's classifier recognises {right} of {len(self.classified_as)}: "
-                     f"{', '.join(self.classified_as)}")
+            text += (f" · strictly right (colour, shape and motion, as the demo's report counts) {right} of "
+                     f"{len(self.classified_as)}: {', '.join(self.classified_as)}")
         return text
 
 

@@ -128,8 +128,9 @@ def build_page(models: core.AppModels, work_dir: Path, max_frames: int = core.MA
                         video_in = gr.Video(label="Video", sources=["upload"], height=320, elem_id="recon-input")
                         tile = gr.Checkbox(label="Tile the native resolution (more tokens, finer detail)")
                         go = gr.Button("Reconstruct", variant="primary", elem_id="recon-button")
-                        gr.Examples([[str(p)] for p in core.demo_clips(models, Path(work_dir) / "examples")],
-                                    inputs=[video_in], label="Demo clips (synthetic)")
+                        if models.synthetic:  # the synthetic set's clips only for the demo's models
+                            gr.Examples([[str(p)] for p in core.demo_clips(models, Path(work_dir) / "examples")],
+                                        inputs=[video_in], label="Demo clips (synthetic)")
                     with gr.Column():
                         video_out = gr.Video(label="Original (left) and reconstruction (right)", interactive=False,
                                              autoplay=True, loop=True, elem_id="recon-output")
@@ -201,7 +202,9 @@ def launch(models: core.AppModels, *, host: str = "127.0.0.1", port: int = 7860,
     page.queue(default_concurrency_limit=1)  # one request at a time: each uses the CPU fully
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=SYSTEM_MONO)  # the default one fetches web fonts
     try:
-        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+        # quiet: Gradio's own banner would suggest `share=True`, which larp does not offer (the command
+        # prints its address itself).
+        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, quiet=True,
                     mcp_server=False, theme=theme, allowed_paths=[str(folder)], footer_links=[],
                     prevent_thread_lock=not block, max_file_size=f"{max_upload_mb}mb")
     finally:
