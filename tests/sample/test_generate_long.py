@@ -12,7 +12,7 @@ from larp.cli import main
 from larp.data.video_io import probe_video, read_video
 from larp.data.video_write import write_mp4
 from larp.sample.condition import frame_prediction_condition, pad_context
-from larp.sample.long import generate_long
+from larp.sample.long import generate_long, iter_long
 from tests.conftest import official
 
 
@@ -42,6 +42,26 @@ def test_long_video_chains_windows_on_the_last_frames(tiny):
             clip = tok.decode(tokens).clamp(0, 1)
         n = min(5, 20 - end)
         assert torch.equal(full[:, :, end:end + n], clip[:, :, 3:3 + n])
+
+
+def test_the_stream_is_the_whole_video_and_keeps_only_the_context(tiny, monkeypatch):
+    """`iter_long` yields the start, then each window's new frames: together `generate_long`'s video; the
+    frames kept between windows are the context only, however long the video."""
+    tok, fp = tiny
+    start = torch.rand(1, 3, 6, 32, 32)
+    whole = generate_long(fp, tok, start, 30, context_frames=3, generator=torch.Generator().manual_seed(2))
+    seen = []
+    real = frame_prediction_condition
+
+    def spy(tokenizer, context):
+        seen.append(context.shape[2])
+        return real(tokenizer, context)
+
+    monkeypatch.setattr("larp.sample.long.frame_prediction_condition", spy)
+    chunks = list(iter_long(fp, tok, start, 30, context_frames=3, generator=torch.Generator().manual_seed(2)))
+    assert [c.shape[2] for c in chunks] == [6, 5, 5, 5, 5, 4]  # 6 + 5 x 4 + 4 = 30
+    assert torch.equal(torch.cat(chunks, dim=2), whole.video)
+    assert seen == [3] * 5
 
 
 def test_long_video_is_determined_by_the_seed(tiny):

@@ -3,8 +3,10 @@ from model folders (or hub ids) alone, with no dataset CSV and no FVD (that is `
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,12 @@ import torch
 
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import probe_video, read_clip
-from larp.data.video_write import write_mp4
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair
 from larp.sample.defaults import DEFAULT_CFG_SCALE, DEFAULT_COND_FRAMES
 from larp.sample.generate import check_sampling_args, generate, in_dtype
-from larp.sample.long import check_long_args, generate_long
+from larp.sample.long import check_long_args, iter_long, plan_windows
 from larp.utils.budget import DEFAULT_MAX_FRAMES, DEFAULT_MAX_MEMORY_MB, check_budget, check_memory
 from larp.utils.device import resolve_device, resolve_dtype
 from larp.utils.files import write_json
@@ -81,12 +82,28 @@ def check_config(cfg: GenerateConfig) -> None:
 
 
 def check_memory_budget(cfg: GenerateConfig, tokenizer: LARPTokenizer) -> None:
-    """The decoded videos are held at once (one batch; a long video whole, as float32): refuse sizes over
-    the memory budget before sampling."""
+    """The decoded clips of one batch are held at once (float32; a long video a window and its context at a
+    time, as it is written while it is made): refuse sizes over the memory budget before sampling."""
     _, t, h, w = tokenizer.video_shape
-    frames = max(t, cfg.num_frames or 0)
+    frames = t + (cfg.num_cond_frames if cfg.frame_prediction else 0)
     check_memory(f"{cfg.num_videos} video(s) of {frames} frames of {w}x{h}",
                  cfg.num_videos * frames * 3 * h * w * 4, cfg.max_memory_mb)
+
+
+def stream_mp4s(paths: list[Path], chunks: Iterable[torch.Tensor], fps: float) -> int:
+    """Write chunks (B, 3, t, H, W) in [0, 1] into B mp4 files as they come (never the whole videos in
+    memory); each file appears complete or not at all. Returns the frames written per file."""
+    from larp.data.video_write import MP4Writer, to_uint8
+
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(MP4Writer(p, fps)) for p in paths]
+        count = 0
+        for chunk in chunks:
+            for writer, video in zip(writers, chunk.cpu(), strict=True):
+                for frame in to_uint8(video):  # (t, H, W, 3)
+                    writer.write(frame)
+            count += chunk.shape[2]
+    return count
 
 
 def _load(cfg: GenerateConfig, device: torch.device) -> tuple[LARPTokenizer, LARPAR | None, LARPAR | None]:
@@ -167,15 +184,15 @@ def _run_generate(cfg: GenerateConfig, progress: bool) -> dict[str, Any]:
         def on_window(i: int, total: int) -> None:
             say(f"window {i + 1}/{total}: {fp.num_tokens} tokens from the last {cfg.num_cond_frames} frames")
 
-        long = generate_long(fp, tok, start, cfg.num_frames, context_frames=cfg.num_cond_frames,
-                             on_window=on_window, **options)
-        videos, record["start_frames"], record["windows"] = long.video, long.start_frames, len(long.tokens)
+        chunks = iter_long(fp, tok, start, cfg.num_frames, context_frames=cfg.num_cond_frames,
+                           on_window=on_window, **options)
+        record["start_frames"] = start.shape[2]
+        record["windows"] = len(plan_windows(start.shape[2], cfg.num_frames, tok.video_shape[1], cfg.num_cond_frames))
     else:
-        videos = start
+        chunks = iter([start])
     out.mkdir(parents=True, exist_ok=True)
-    for name, video in zip(names, videos, strict=True):
-        write_mp4(out / name, video.cpu(), fps=cfg.fps)
-        record["videos"].append({"file": name, "frames": int(video.shape[1])})
+    frames = stream_mp4s([out / name for name in names], chunks, cfg.fps)  # written as they are made
+    record["videos"] = [{"file": name, "frames": frames} for name in names]
     record["seconds"] = time.perf_counter() - t0
     write_json(out / "generate.json", record)
     return record
