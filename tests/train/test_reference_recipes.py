@@ -207,3 +207,42 @@ def test_recipes_flip_training_clips_only():
         assert load_recipe(cls, REPO / "configs" / file).data.flip
     assert "no flip" in recipes()["data_pipeline"]["tokenizer_training_time_validation"]["value"]
     assert not ClipTransform(128, train=False).train  # validation and evaluation clips are never flipped
+
+
+# ------------------------------------------------------------------------------------ evaluation protocols
+def test_tokenizer_evaluation_is_the_released_protocol():
+    from larp.eval.protocols import PROTOCOLS
+
+    ref = recipes()["data_pipeline"]["rFVD_eval_larp_tokenizer"]["value"]
+    paper = PROTOCOLS["paper"]
+    assert "every video of the csv (default ucf101_train.csv" in ref and "one 16-frame clip" in ref
+    assert paper.split == "train" and paper.clips_per_video == 1 and (paper.num_frames, paper.size) == (16, 128)
+    assert paper.expected_videos == recipes()["dataset_sizes"]["ucf101_train.csv"]
+    assert "Resize(128)+CenterCrop(128), no flip" in ref and "--det = argmax VQ" in ref
+
+
+def test_generation_fvd_picks_the_released_chunks(tmp_path):
+    """Every non-overlapping 16-frame chunk of every video, then random.Random(42).sample of them; the
+    frame-prediction protocol resizes to 64x64 before the detector, with guidance 1 and 5 context frames."""
+    import random
+
+    from larp.eval.protocols import ucf_gfvd_chunks
+    from larp.sample.job import FP_FVD_SIZE, SampleConfig
+
+    ref = recipes()["data_pipeline"]["gFVD_sample_py"]["value"]
+    seed = int(number(ref, r"random\.Random\((\d+)\)\.sample"))
+    assert "non-overlapping 16-frame chunks [16i, 16i+16)" in ref
+    assert FP_FVD_SIZE == number(ref, r"resized to (\d+)x\d+")
+    assert SampleConfig("a", "t", "o", "d.csv").dataset_split_seed == seed
+    assert SampleConfig("a", "t", "o", "d.csv").cfg_scale == number(ref, r"UCF-101: [^,]+, [\d,]+ samples, cfg ([\d.]+)")
+    fp = SampleConfig("a", "t", "o", "d.csv", fp=True)
+    assert (fp.cfg_scale, fp.num_cond_frames) == (1.0, number(ref, r"condition = first (\d+) frames"))
+    videos = []
+    for i in range(3):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"")
+        videos.append(f"{i},{tmp_path / f'v{i}.mp4'},a,0")
+    (tmp_path / "list.csv").write_text("id,path,action,label\n" + "\n".join(videos) + "\n")
+    counts = [40, 16, 70]  # chunks: 2 + 1 + 4 = 7 (a tail shorter than 16 frames is no chunk)
+    chunks = ucf_gfvd_chunks(tmp_path / "list.csv", num_samples=5, seed=seed, frame_counts=counts)
+    index = [(v, 16 * i) for v, n in enumerate(counts) for i in range(n // 16)]
+    assert [(c.video_index, c.start) for c in chunks] == [index[i] for i in random.Random(seed).sample(range(7), 5)]

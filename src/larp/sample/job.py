@@ -337,7 +337,8 @@ def _resize(video: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _fvd_view(plan: SamplePlan, video: torch.Tensor) -> torch.Tensor:
-    return _resize(video, FP_FVD_SIZE).clamp(0, 1) if plan.cfg.fp else video
+    # Clamped, then resized, in the reference's order (a resize of unclamped values would differ at the edges).
+    return _resize(video.clamp(0, 1), FP_FVD_SIZE) if plan.cfg.fp else video
 
 
 @torch.no_grad()
