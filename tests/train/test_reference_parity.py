@@ -40,8 +40,8 @@ ROOT = Path(os.environ.get("LARP_TRAINING_PARITY_FIXTURES") or _DEFAULT)
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / "settings.json").is_file(),
-    reason=f"training-parity fixtures not found at {ROOT} (set LARP_TRAINING_PARITY_FIXTURES, or place "
-           "shared/fixtures/training_parity beside the repository)")
+    reason=f"no reference training-parity fixtures at {ROOT}: set LARP_TRAINING_PARITY_FIXTURES to a "
+           "folder of them")
 
 STEP1_TOL = 1e-5  # step 1: every scalar and gradient, relative
 TRAJ_TOL = 1e-4  # 20 steps: every scalar at every step and every parameter after, relative
@@ -77,16 +77,31 @@ def schedule_mult(step: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def initial_weights(spec: dict[str, Any]) -> Path:
+    """The initial tokenizer weights settings.json names: its path (relative to tokenizer/), else a file
+    with the same SHA-256 among the official fixtures beside this folder or beside the repository."""
+    declared = (ROOT / "tokenizer" / spec["path"]).resolve()
+    if declared.is_file():
+        assert _sha256(declared) == spec["sha256"], f"{declared} is not the file settings.json names"
+        return declared
+    for official in {ROOT.parent / "official", _DEFAULT.parent / "official"}:
+        for candidate in sorted(official.glob("*/model.safetensors")):
+            if candidate.stat().st_size == spec.get("bytes", candidate.stat().st_size) and \
+                    _sha256(candidate) == spec["sha256"]:
+                return candidate
+    pytest.fail(f"the initial tokenizer weights named in settings.json ({declared}, SHA-256 {spec['sha256']}) "
+                "were not found")
+
 @pytest.fixture(scope="module")
 def tokenizer_setup(tmp_path_factory) -> dict[str, Any]:
     """The initial weights (checked against settings.json), a model folder for `model.init_from` and a
     small CSV for the task's dataset (the steps themselves use the fixture's batch)."""
     tok = settings()["tokenizer"]
-    weights = (ROOT / "tokenizer" / tok["init_weights"]["path"]).resolve()
-    if not weights.is_file():
-        pytest.skip(f"the initial tokenizer weights {weights} named in settings.json are absent")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert digest == tok["init_weights"]["sha256"], f"{weights} is not the file settings.json names"
+    weights = initial_weights(tok["init_weights"])
     base = tmp_path_factory.mktemp("parity")
     folder = base / "init"
     folder.mkdir()

@@ -26,8 +26,8 @@ from .test_reference_parity import ROOT
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes.json"
 
-pytestmark = pytest.mark.skipif(not RECIPES.is_file(), reason=f"recipes.json not found at {RECIPES} (set "
-                                "LARP_TRAINING_PARITY_FIXTURES or place shared/fixtures beside the repository)")
+pytestmark = pytest.mark.skipif(not RECIPES.is_file(), reason=f"no recipes.json of the reference at {RECIPES}: set "
+                                "LARP_TRAINING_PARITY_FIXTURES to a folder of reference fixtures")
 
 
 def recipes() -> dict[str, Any]:
