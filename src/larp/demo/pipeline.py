@@ -49,8 +49,8 @@ class DemoConfig:
     frames: int = 16
     size: int = 64
     samples_per_class: int = 20  # 200 samples: strict accuracy to about +-3 points
-    cfg_scale: float = 1.5  # against 3: half the sample sFVD, more coherent and strictly right samples (docs/demo.md)
-    temperature: float = 0.5  # against 0.7: more coherent samples, lower sFVD, paths a little less varied (docs/demo.md)
+    cfg_scale: float = 1.5  # against 3: half the sample sFVD, more coherent and strictly right samples (docs/studies/demo.md)
+    temperature: float = 0.5  # against 0.7: more coherent samples, lower sFVD, paths a little less varied (docs/studies/demo.md)
     top_k: int = 0
     seed: int = 0
     quick: bool = False  # a few steps per stage (tests, smoke runs)
