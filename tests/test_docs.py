@@ -147,8 +147,8 @@ def test_documented_commands_parse(doc):
             args, extra = build_parser(load=[argv[0]]).parse_known_args(argv)
         except SystemExit as exc:
             raise AssertionError(f"{doc.name}: `larp {shlex.join(argv)}` does not parse") from exc
-        assert not extra or (hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)), \
-            f"{doc.name}: `larp {shlex.join(argv)}`: unrecognised {extra}"
+        overrides = hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)
+        assert not extra or overrides, f"{doc.name}: `larp {shlex.join(argv)}`: unrecognised {extra}"
         assert getattr(args, "func", None) is not None, argv
 
 

@@ -274,9 +274,11 @@ class Demo:
         return {**scores, "chance": 1.0 / self.cfg.classes}
 
     def stage_report(self) -> dict[str, Any]:
-        from larp.demo.figures import write_demo_report
+        from larp.demo.figures import write_demo_cards, write_demo_report
 
-        return write_demo_report(self)
+        info = write_demo_report(self)
+        write_demo_cards(self)  # the models' cards carry the figures just written
+        return info
 
 
 def ar_data_overrides(tok: Any, tokenizer_path: str | Path, token_cache: str | Path, val_csv: str | Path,
