@@ -9,7 +9,7 @@ validation loss and token accuracy, the training seconds, and the sample metrics
     python benchmarks/ar_codebook_init.py runs/demo [--steps 1000] [--out ar_codebook_init.json]
 
 The two runs share the seed, the data and every other setting; on one CPU thread each takes 4-12 minutes at
-the demo's size. Sample figures vary by a few points between draws (docs/demo.md gives the spread)."""
+the demo's size. Sample figures vary by a few points between draws (docs/studies/demo.md gives the spread)."""
 
 from __future__ import annotations
 

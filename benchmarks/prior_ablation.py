@@ -17,7 +17,7 @@ hash of the resolved recipes (`recipe_hash`): rows of another base recipe are re
 taken from one git commit (HEAD at the first launch), extracted under <root>/code/<commit>, so that edits in
 the working tree during the hours of a run change nothing; the commit is in every row. Resumable: every cell
 keeps its runs (the trainers resume from their checkpoints) and the stages it finished; a killed run
-continues where it stopped. Results: benchmarks/results/prior_ablation.json (see docs/prior_ablation.md)."""
+continues where it stopped. Results: benchmarks/results/prior_ablation.json (see docs/studies/prior_ablation.md)."""
 
 from __future__ import annotations
 

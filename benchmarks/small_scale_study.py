@@ -6,7 +6,7 @@ perplexity, seconds and seconds per step. Two data sets:
   solid      clips of one random solid colour each (the sanity case), fresh clips every step
   synthetic  coloured shapes moving over a textured background, 10 classes (larp.data.synthetic)
 
-Example (the sanity recipe that reaches 30 dB in 500 steps, see docs/small_scale_recipes.md):
+Example (the sanity recipe that reaches 30 dB in 500 steps, see docs/studies/small_scale_recipes.md):
   python benchmarks/small_scale_study.py --data solid --preset larp-sanity-32 --steps 500 --threads 1 \
       --final-init-std 0.02 --query-std 1.0 --init-from-encoder --dead-code-steps 20 --l2 1.0 --cosine
 Timing: `seconds` is wall time (shared CPU), `cpu_seconds` the process CPU time, which is what the run would

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from larp.cli import main
 from larp.demo.pipeline import AR_RECIPE, TOKENIZER_RECIPE, Demo, DemoConfig, recipe_file, run_demo
+from larp.models.card import format_value
 from larp.utils.config import ConfigError
 from larp.utils.outputs import FolderBusyError, NotOwnedError, exclusive_output
 
@@ -41,6 +43,14 @@ def test_shortened_demo_writes_a_complete_report(tmp_path, capsys):
     assert html.count("data:image/") == len(links)  # every picture is also embedded
     assert "pictures/samples.png" in links and "pictures/class9.png" in links
     assert len(list((out / "samples").glob("*.mp4"))) == 10
+    # The models' cards carry their training runs and the demo's figures.
+    tok_card, ar_card = ((out / name / "model" / "README.md").read_text() for name in ("tokenizer", "ar"))
+    for card in (tok_card, ar_card):
+        assert "Not recorded" not in card and "smoke run: the figures mean nothing" in card
+        assert ModelCard(card).data.license == "mit" and "Recipe SHA-256: " in card
+    assert f"| recon_object_iou | {format_value(metrics['recon_object_iou'])} |" in tok_card
+    assert f"| sample_sfvd | {format_value(metrics['sample_sfvd'])} |" in ar_card and "recon_sfvd" not in ar_card
+    assert "| val/psnr |" in tok_card and "| val/loss |" in ar_card
     # A second run resumes: every stage is skipped, nothing is recomputed.
     before = (out / "demo.json").read_text()
     assert main(["demo", "--out", str(out), "--quick"]) == 0

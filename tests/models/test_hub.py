@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from larp import LARPAR, LARPTokenizer, ar_preset, tokenizer_preset
@@ -349,7 +350,9 @@ def test_model_card_has_config_recipe_metrics_and_usage(tmp_path):
     folder = model.save_pretrained(tmp_path / "tok", recipe={"steps": 1200, "lr": 1e-4},
                                    metrics={"psnr_db": 24.891, "lpips": 0.1234})
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: larp\ntags:\n- larp\n- video-tokenizer\n---\n")
+    data = ModelCard(card).data
+    assert (data.library_name, data.license) == ("larp", "mit")
+    assert data.tags == ["larp", "video-tokenizer", "arxiv:2410.21264"] and data.metrics == ["psnr_db", "lpips"]
     assert 'LARPTokenizer.from_pretrained("path/to/this/folder")' in card
     n = sum(p.numel() for p in model.state_dict().values())
     assert f"{n:,} parameters" in card
@@ -357,7 +360,27 @@ def test_model_card_has_config_recipe_metrics_and_usage(tmp_path):
     assert json.dumps(model.config.to_json_dict(), indent=2, sort_keys=True) in card
     assert '"steps": 1200' in card and "| psnr_db | 24.89 |" in card and "| lpips | 0.1234 |" in card
     bare = (LARPAR(ar_preset("ar-tiny")).save_pretrained(tmp_path / "ar") / "README.md").read_text()
-    assert bare.count("Not recorded.") == 2 and "5 classes" in bare
+    assert bare.count("Not recorded") == 2 and "5 classes" in bare
+    assert ModelCard(bare).data.metrics is None and "video-generation" in ModelCard(bare).data.tags
+
+
+def test_write_card_rewrites_a_saved_folders_card_with_training_facts_and_evaluations(tmp_path):
+    from larp.models.hub import write_card
+
+    model = LARPAR(ar_preset("ar-tiny"))
+    folder = model.save_pretrained(tmp_path / "ar")
+    weights = (folder / "model.safetensors").read_bytes()
+    write_card(folder, "LARPAR", recipe={"run": {"max_steps": 7}}, metrics={"val/loss": 4.25},
+               training={"steps": 7, "train_data": ["a.csv (3 videos)"], "eval_step": 6},
+               evaluations={"larp demo: 10 samples": {"sample_sfvd": 1262.4, "samples": 10}})
+    card = (folder / "README.md").read_text()
+    assert (folder / "model.safetensors").read_bytes() == weights  # only the card changes
+    assert f"{sum(p.numel() for p in model.state_dict().values()):,} parameters" in card
+    assert "- Optimiser steps: 7" in card and "- Training data: a.csv (3 videos)" in card
+    assert "(step 6), on the validation clips" in card and "| val/loss | 4.25 |" in card
+    assert "### larp demo: 10 samples" in card and "| sample_sfvd | 1262 |" in card
+    assert ModelCard(card).data.metrics == ["loss", "sample_sfvd"]  # measured figures, not counts
+    assert "Not recorded" not in card
 
 
 class _FakeApi:

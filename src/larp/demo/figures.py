@@ -158,3 +158,28 @@ def _get(table: dict[Any, float], k: int) -> float:
 def _codebook_size(demo: Any) -> int:
     config = json.loads((Path(demo.state["done"]["tokenizer"]["model"]) / "config.json").read_text())
     return int(config["bottleneck"]["args"]["regularizer"]["args"]["codebook_size"])
+
+
+# The reference figures that the AR model's card shows beside its samples' figures.
+_REAL = ("real_strict_accuracy", "sfvd_real_floor", "real_path_spread")
+
+
+def write_demo_cards(demo: Any) -> None:
+    """Rewrite the model cards of the demo's tokenizer and AR model with their training runs and the demo's
+    figures from metrics.json: the reconstructions' for the tokenizer, the samples' for the AR model."""
+    from larp.models.hub import write_card
+    from larp.train.export import run_card_fields
+
+    metrics = json.loads((demo.out / "metrics.json").read_text())
+    cfg = demo.cfg
+    smoke = " (a --quick smoke run: the figures mean nothing)" if cfg.quick else ""
+    recon = {k: metrics[k] for k, (stage, _), _ in METRICS if stage == "recon" and k not in _REAL}
+    samples = {k: metrics[k] for k, (stage, _), _ in METRICS if stage == "score" or k in _REAL}
+    done = demo.state["done"]
+    tok, ar = Path(done["tokenizer"]["model"]), Path(done["ar"]["model"])
+    clips = done["recon"]["val_clips"]
+    write_card(tok, "LARPTokenizer", **run_card_fields(tok.parent, 1), evaluations={
+        f"larp demo: its {clips} validation clips reconstructed (metrics.json){smoke}": recon})
+    write_card(ar, "LARPAR", **run_card_fields(ar.parent, 1), evaluations={
+        f"larp demo: {metrics['samples']} samples, guidance {cfg.cfg_scale:g}, temperature "
+        f"{cfg.temperature:g} (metrics.json){smoke}": samples})

@@ -55,8 +55,8 @@ class DemoConfig:
     frames: int = 16
     size: int = 64
     samples_per_class: int = 20  # 200 samples: strict accuracy to about +-3 points
-    cfg_scale: float = 1.5  # against 3: half the sample sFVD, more coherent and strictly right samples (docs/demo.md)
-    temperature: float = 0.5  # against 0.7: more coherent samples, lower sFVD, paths a little less varied (docs/demo.md)
+    cfg_scale: float = 1.5  # against 3: half the sample sFVD, more coherent and strictly right samples (docs/studies/demo.md)
+    temperature: float = 0.5  # against 0.7: more coherent samples, lower sFVD, paths a little less varied (docs/studies/demo.md)
     top_k: int = 0
     seed: int = 0
     quick: bool = False  # a few steps per stage (tests, smoke runs)
@@ -287,9 +287,11 @@ class Demo:
         return {**scores, "chance": 1.0 / self.cfg.classes}
 
     def stage_report(self) -> dict[str, Any]:
-        from larp.demo.figures import write_demo_report
+        from larp.demo.figures import write_demo_cards, write_demo_report
 
-        return write_demo_report(self)
+        info = write_demo_report(self)
+        write_demo_cards(self)  # the models' cards carry the figures just written
+        return info
 
 
 def ar_data_overrides(tok: Any, tokenizer_path: str | Path, token_cache: str | Path, val_csv: str | Path,

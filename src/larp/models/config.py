@@ -378,7 +378,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     # The released LARP-L-long tokenizer: 16x128x128 -> 1024 tokens of a 8192-code book.
     "larp-l-long": _tokenizer(8192, 16, "gptc-S"),
     # CPU presets. `larp-tiny` is for unit tests; `larp-synthetic-64-clip` is the demo's tokenizer on the
-    # 64x64x16 synthetic clips, `larp-synthetic-64` its earlier one (docs/small_scale_recipes.md, docs/demo.md).
+    # 64x64x16 synthetic clips, `larp-synthetic-64` its earlier one (docs/studies/small_scale_recipes.md, docs/studies/demo.md).
     "larp-tiny": _tokenizer(128, 8, "gptc-XXS", bottleneck_token_num=32, input_size=32, frame_num=8,
                             encoder_hidden_size=64, decoder_hidden_size=64, encoder_num_heads=4,
                             decoder_num_heads=4, encoder_depth=2, decoder_depth=2),
@@ -392,7 +392,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     # 64 tokens of 16x16x4 patches, 128 wide, 2+2 layers: about 0.3 CPU-seconds per training step with the
     # small gptc-XXXS prior (gptc-XXS costs three times the tokenizer's step), so that 1,200 steps fit in 10
     # CPU-minutes. 4,096 codes: with 64 tokens each code carries a whole 16x16x4 patch, and 12 bits instead
-    # of 10 per token measured +1.1 dB at 900 steps (docs/small_scale_recipes.md). The latent position
+    # of 10 per token measured +1.1 dB at 900 steps (docs/studies/small_scale_recipes.md). The latent position
     # embedding's base of 0.1 (released: 10,000) makes the 64 latent positions linearly distinguishable,
     # which the local linear initialisation needs (larp.train.local_init).
     "larp-synthetic-64": _tokenizer(4096, 16, "gptc-XXXS", bottleneck_token_num=64, input_size=64,
@@ -402,7 +402,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     # The same 64 tokens over 16 patches of 16x16 pixels through all 16 frames, four tokens per patch (the
     # local initialisation gives each a slice of its patch's principal components, coarse to fine), 8,192
     # codes: no temporal patch boundary for the object to jump at, and the static background coded once; the
-    # slices need the 13 bits (docs/demo.md).
+    # slices need the 13 bits (docs/studies/demo.md).
     "larp-synthetic-64-clip": _tokenizer(8192, 16, "gptc-XXXS", bottleneck_token_num=64, input_size=64,
                                          frame_num=16, patch_size=16, decoder_patch_size=16,
                                          temporal_patch_size=16, decoder_temporal_patch_size=16,

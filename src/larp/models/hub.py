@@ -244,9 +244,13 @@ class HubModelMixin:
         return model.to(map_location)  # type: ignore[attr-defined]
 
     def save_pretrained(self, folder: str | os.PathLike, *, recipe: dict[str, Any] | None = None,
-                        metrics: dict[str, Any] | None = None, repo_id: str | None = None) -> Path:
-        """Write `config.json`, `model.safetensors` and a model card `README.md` (config, `recipe` and
-        `metrics` when given, usage), each atomically."""
+                        metrics: dict[str, Any] | None = None, repo_id: str | None = None,
+                        training: dict[str, Any] | None = None,
+                        evaluations: dict[str, dict[str, Any]] | None = None) -> Path:
+        """Write `config.json`, `model.safetensors` and a model card `README.md`, each atomically.
+
+        The card (`larp.models.card.model_card`) holds the config and usage, and the training `recipe`, the
+        last evaluation's `metrics`, facts about the run (`training`) and further `evaluations` when given."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
@@ -254,13 +258,16 @@ class HubModelMixin:
         config = self.config.to_json_dict()  # type: ignore[attr-defined]
         write_json(out / CONFIG_NAME, config)
         card = model_card(type(self).__name__, config, num_parameters=_count(v.shape for v in state.values()),
-                          recipe=recipe, metrics=metrics, repo_id=repo_id)
+                          recipe=recipe, metrics=metrics, training=training, evaluations=evaluations,
+                          repo_id=repo_id)
         atomic_write_bytes(out / CARD_NAME, lambda tmp: Path(tmp).write_text(card))
         return out
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     revision: str | None = None, commit_message: str | None = None,
-                    recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> str:
+                    recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None,
+                    evaluations: dict[str, dict[str, Any]] | None = None) -> str:
         """Upload the folder `save_pretrained` writes to the Hugging Face model repo `repo_id` (created if
         needed) and return the commit's URL.
 
@@ -275,7 +282,8 @@ class HubModelMixin:
         from huggingface_hub.errors import HfHubHTTPError
 
         with tempfile.TemporaryDirectory(prefix="larp-push-") as tmp:
-            folder = self.save_pretrained(Path(tmp) / "model", recipe=recipe, metrics=metrics, repo_id=repo_id)
+            folder = self.save_pretrained(Path(tmp) / "model", recipe=recipe, metrics=metrics,
+                                          repo_id=repo_id, training=training, evaluations=evaluations)
             loaded = type(self).from_pretrained(folder).state_dict()
             ours = self.state_dict()  # type: ignore[attr-defined]
             if loaded.keys() != ours.keys() or any(not torch.equal(loaded[k], ours[k].detach().cpu()) for k in ours):
@@ -290,3 +298,14 @@ class HubModelMixin:
                 raise CheckpointError(f"could not upload to the Hugging Face repo {repo_id!r} "
                                       f"({type(exc).__name__}: {exc})") from exc
         return str(getattr(info, "commit_url", info))
+
+
+def write_card(folder: str | os.PathLike, class_name: str, **fields: Any) -> Path:
+    """(Re)write the model card of a saved folder from its `config.json` and weight header, with `fields`
+    (`recipe`, `metrics`, `training`, `evaluations`, `repo_id`) as `model_card` takes them."""
+    folder = Path(folder)
+    config = read_config(folder)
+    count = _count(shape for _, shape in read_weights_header(folder / WEIGHTS_NAME).values())
+    card = model_card(class_name, config, num_parameters=count, **fields)
+    atomic_write_bytes(folder / CARD_NAME, lambda tmp: Path(tmp).write_text(card))
+    return folder / CARD_NAME

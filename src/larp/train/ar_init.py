@@ -7,7 +7,7 @@ codes that draw the same patch stay unrelated. Here every code starts from its o
 length, `bottleneck_dim` wide) through one fixed random projection into the model's width: codes near each
 other in the tokenizer start near each other in the AR model, and the head starts as the tokenizer's prior
 scores codes, by the cosine between a predicted vector and each code. Only initial values change; the
-architecture and the checkpoint format are the released ones (docs/demo.md has the measurements).
+architecture and the checkpoint format are the released ones (docs/studies/demo.md has the measurements).
 """
 
 from __future__ import annotations

@@ -168,7 +168,10 @@ class ARTask:
         return {"val/loss": total / count, "val/token_acc": correct / count}
 
     def export(self, folder: Path) -> None:
-        (self.ema.module if self.ema is not None else self.model).save_pretrained(folder)
+        from larp.train.export import run_card_fields  # the card: recipe, data, last evaluation
+
+        model = self.ema.module if self.ema is not None else self.model
+        model.save_pretrained(folder, **run_card_fields(self.recipe.run.out_dir, self.ctx.world_size))
 
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}

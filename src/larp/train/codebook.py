@@ -1,7 +1,7 @@
 """Codebook health and anti-collapse options for training the LARP tokenizer.
 
 Small tokenizers trained with the released recipe collapse onto one or two codes and a decoder that outputs
-the mean video (docs/small_scale_recipes.md). This module holds what a trainer needs to see and to prevent
+the mean video (docs/studies/small_scale_recipes.md). This module holds what a trainer needs to see and to prevent
 that:
 
 - `CodebookMonitor`: usage (fraction of codes hit in the last `window` steps), perplexity, dead codes, and a

@@ -1,6 +1,6 @@
 """Local linear initialisation: start a small tokenizer as a per-region linear (PCA) autoencoder.
 
-Why (docs/small_scale_recipes.md): a small LARP tokenizer trained from the released initialisation sits at
+Why (docs/studies/small_scale_recipes.md): a small LARP tokenizer trained from the released initialisation sits at
 the data set's mean video for thousands of steps. Its latents carry almost nothing about the clip (attention
 is near-uniform, so each query averages all patches) and the fixed sin-cos position embeddings of a small grid
 are nearly alike, so neither the encoder's queries nor the decoder's patch queries can tell where to read.
@@ -27,7 +27,7 @@ With more latents than patches (a whole number S per patch that divides the head
 i // Np of the principal components of patch i % Np, and the slices travel through separate attention heads
 (`_sliced_init`): the tokens then run coarse to fine, all patches' first slices before any second one.
 
-The model then starts near a per-patch PCA autoencoder, far above the mean video (docs/small_scale_recipes.md
+The model then starts near a per-patch PCA autoencoder, far above the mean video (docs/studies/small_scale_recipes.md
 has the measured figures), and LARP training proceeds from there. The patch embedding then needs a small
 learning rate (`optim.embed_lr_mult`): its fan-in is a whole patch, so Adam's per-weight steps move its
 outputs far more than any other layer's."""

@@ -54,7 +54,7 @@ def motion_weights(video: Tensor, weight: float, threshold: float = 0.1) -> Tens
     m in [0, 1] is how far a pixel is from its own median over the clip's frames (the largest channel
     difference over `threshold`, capped at 1): what moves, or is covered or uncovered by what moves, against
     the static rest. Under a plain mean a small moving object is a few percent of the pixels and its
-    errors hardly count next to the background's (docs/demo.md measured the effect on the synthetic
+    errors hardly count next to the background's (docs/studies/demo.md measured the effect on the synthetic
     clips). A clip where everything changes (camera motion, cuts) gets nearly uniform weights."""
     if video.dim() != 5:
         raise ValueError(f"motion_weights: expected videos (B, C, T, H, W), got shape {tuple(video.shape)}")

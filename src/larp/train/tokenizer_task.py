@@ -328,8 +328,10 @@ class TokenizerTask:
         return torch.stack([self.eval_lpips(recon[i:i + 1], video[i:i + 1]) for i in range(len(video))])
 
     def export(self, folder: Path) -> None:
+        from larp.train.export import run_card_fields  # the card: recipe, data, last evaluation
+
         model = self.ema.module if self.ema is not None else self.model
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, **run_card_fields(self.recipe.run.out_dir, self.ctx.world_size))
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
