@@ -163,3 +163,17 @@ def _help(command: str) -> str:
     parser = build_parser([command])
     sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices and command in a.choices)
     return sub.choices[command].format_help()
+
+
+def test_too_many_videos_are_refused_before_sampling(tmp_path, capsys, monkeypatch):
+    """100,000 clips of 8 frames of 32x32 at once need ~9.8 GB: refused by the memory budget, before any
+    token is sampled; a raised budget is the deliberate way past it."""
+    import larp.sample.generate_cli as generate_cli
+
+    monkeypatch.setattr(generate_cli, "generate", lambda *a, **k: pytest.fail("sampled"))
+    argv = _args(tmp_path / "many", "--ar_model", str(official("ar_tiny")), "--class_id", "1", "--num_videos",
+                 "100000")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "100000 video(s) of 8 frames of 32x32" in err[0] and "--max_memory_mb" in err[0], err
+    assert not (tmp_path / "many").exists() or not any((tmp_path / "many").glob("*.mp4"))
