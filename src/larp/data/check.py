@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.context
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -34,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from larp.data.check_report import CheckList, VideoResult, analyse, clean_lists
-from larp.data.video_io import VideoReader, VideoReadError  # imported before the workers fork, once
+from larp.data.video_io import VideoReader, VideoReadError
 from larp.utils.errors import LarpError
 from larp.utils.files import atomic_write_bytes, sha256_of
 
@@ -204,11 +206,22 @@ def _stat_key(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a clean server process that has imported this module once, not from the caller:
+    forking a process that runs threads (a progress bar's monitor, a logging handler, OpenMP) can copy a
+    held lock into the child, which then waits on it for ever."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _pool_results(todo: list[str], workers: int) -> Iterator[VideoResult]:
     """Results of `probe_file` over `todo` from a process pool, as they finish (a few tasks in flight)."""
     pending: set[Future[VideoResult]] = set()
     it = iter(todo)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
         try:
             while True:
                 for path in it:
