@@ -30,6 +30,7 @@ from larp.data.video_write import (  # noqa: F401
     MAX_FPS,
     MP4Writer,
     check_fps,
+    one_thread_scaler,
     tile_clips,
     to_uint8,
     write_gif,
@@ -165,8 +166,8 @@ def _frame_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.
     # frame size changes midway is scaled to the size its header declares (`size`, W x H), so that every
     # frame has one shape and no frame is larger than what was checked.
     if size is not None and (frame.width, frame.height) != size:
-        return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-    return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], **one_thread_scaler())
+    return frame.to_ndarray(format="rgb24", **one_thread_scaler())
 
 
 class _Decoder:

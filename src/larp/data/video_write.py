@@ -89,10 +89,11 @@ def check_fps(fps: float) -> float:
 
 
 @functools.cache
-def _one_thread_scaler() -> dict[str, int]:
+def one_thread_scaler() -> dict[str, int]:
     """`reformat` options for a one-thread colour conversion. PyAV 17 and later convert on several threads by
-    default and start them for every frame (6x slower on a 64x64 frame, the same pixels); earlier versions
-    have no such option and convert on one thread."""
+    default and start them for every frame (6x slower on a 64x64 frame, the same pixels), and a process
+    forked after such a conversion (a DataLoader worker) can wait for ever on the scaler's threads; earlier
+    versions have no such option and convert on one thread."""
     try:
         av.VideoFrame(2, 2, "rgb24").reformat(format="yuv420p", threads=1)
     except TypeError:
@@ -158,7 +159,7 @@ class MP4Writer:
         # Converted to yuv420p here, on one thread: PyAV's conversion inside `encode` starts several threads
         # for every frame in recent versions (much slower on small frames, the same pixels).
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
-            format="yuv420p", **_one_thread_scaler())
+            format="yuv420p", **one_thread_scaler())
         self._container.mux(self._stream.encode(video_frame))
 
     def close(self) -> None:
