@@ -246,3 +246,32 @@ def test_generation_fvd_picks_the_released_chunks(tmp_path):
     chunks = ucf_gfvd_chunks(tmp_path / "list.csv", num_samples=5, seed=seed, frame_counts=counts)
     index = [(v, 16 * i) for v, n in enumerate(counts) for i in range(n // 16)]
     assert [(c.video_index, c.start) for c in chunks] == [index[i] for i in random.Random(seed).sample(range(7), 5)]
+
+
+def test_an_epoch_is_one_clip_per_video_whatever_the_token_cache_holds(tmp_path):
+    """A cache of 16 windows and their mirror images per video: the epochs still count videos, as the
+    reference's (one random clip per video per epoch), so the released schedule keeps its length."""
+    from larp.train.ar_task import ARTask
+    from larp.train.engine import TrainContext
+
+    from .test_reference_parity import write_token_cache
+
+    videos, per_video = 24, 16 * 2
+    tokens = torch.randint(0, 32, (videos * per_video, 8))
+    write_token_cache(tmp_path / "cache", tokens, torch.zeros(len(tokens), dtype=torch.long), None)
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    meta["codebook_size"] = 32
+    (tmp_path / "cache" / "meta.json").write_text(json.dumps(meta))
+    shard = tmp_path / "cache" / "shard_00000.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    data = load_file(str(shard))
+    data["video"] = torch.arange(videos).repeat_interleave(per_video)
+    save_file(data, str(shard))
+    recipe = load_recipe(ARTrainConfig, None, [
+        "model.preset=ar-tiny", "model.config.vocab_size=32", "model.config.max_seq_len=8",
+        f"data.token_cache={tmp_path / 'cache'}", "data.batch_size=4", "data.num_workers=0",
+        "run.epochs=3", "optim.warmup_epochs=1", "run.device=cpu", f"run.out_dir={tmp_path / 'run'}"])
+    task = ARTask(recipe, TrainContext(torch.device("cpu")))
+    assert task.train_set.num_videos == videos and len(task.train_set) == videos * per_video
+    assert (recipe.run.max_steps, recipe.optim.warmup_steps) == (3 * 24 // 4, 24 // 4)

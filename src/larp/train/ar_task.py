@@ -72,7 +72,9 @@ class ARTask:
                                  "encode clips on the fly")
             self.train_set = training_videos(data, run.seed)
         self.val_set = validation_videos(data, run.seed) if self.tokenizer is not None else None
-        resolve_epochs(recipe, len(self.train_set), ctx.world_size)  # epochs -> steps, before the schedules
+        # Epochs -> steps, before the schedules. An epoch is one clip per training video, as the reference's:
+        # a token cache's windows and mirror images count once per video.
+        resolve_epochs(recipe, getattr(self.train_set, "num_videos", len(self.train_set)), ctx.world_size)
         self.ema = make_ema(self.model, run.ema_decay)
         self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
                                      fused=ctx.device.type == "cuda")

@@ -207,8 +207,9 @@ class DiscriminatorSpec:
 class RunConfig:
     out_dir: str = "runs/train"
     max_steps: int = 1000
-    # > 0: train for this many epochs of the training set instead; it sets max_steps when the run starts
-    # (`resolve_epochs`), as the released recipes count their length.
+    # > 0: train for this many epochs instead; it sets max_steps when the run starts (`resolve_epochs`), as
+    # the released recipes count their length. An epoch is one clip per training video (a token cache's
+    # windows and mirror images count once), as in the reference's training.
     epochs: int = 0
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu

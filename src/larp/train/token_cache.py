@@ -227,6 +227,12 @@ class TokenCacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tensors["tokens"])
 
+    @property
+    def num_videos(self) -> int:
+        """The distinct videos the entries come from (their windows and mirror images counted once): what an
+        epoch of the reference's training covers, one clip per video."""
+        return int(torch.unique(self.tensors["video"]).numel())
+
     def load(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         item: dict[str, Any] = {
             "tokens": self.tensors["tokens"][index].long(),
