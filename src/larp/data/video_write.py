@@ -6,9 +6,11 @@ the umask gives. Frame rates must lie in (0, MAX_FPS]."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -193,6 +195,20 @@ class MP4Writer:
             self.close()
         else:
             self.abort()
+
+
+def write_mp4_streams(paths: Sequence[PathLike], chunks: Iterable[torch.Tensor], fps: float = 8) -> int:
+    """Write float chunks (B, 3, t, H, W) in [0, 1] into B mp4 files as they come, never the whole videos in
+    memory; each file appears complete or not at all (`MP4Writer`). Returns the frames written per file."""
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(MP4Writer(p, fps)) for p in paths]
+        count = 0
+        for chunk in chunks:
+            for writer, video in zip(writers, chunk.cpu(), strict=True):
+                for frame in to_uint8(video):  # (t, H, W, 3)
+                    writer.write(frame)
+            count += chunk.shape[2]
+    return count
 
 
 def write_mp4(path: PathLike, video: torch.Tensor | np.ndarray, fps: float = 8, *, crf: int = 18,

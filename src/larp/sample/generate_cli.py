@@ -3,10 +3,8 @@ from model folders (or hub ids) alone, with no dataset CSV and no FVD (that is `
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import torch
 
 from larp.data.transforms import ClipTransform
 from larp.data.video_io import probe_video, read_clip
+from larp.data.video_write import write_mp4_streams
 from larp.models.ar import LARPAR
 from larp.models.tokenizer import LARPTokenizer
 from larp.sample.condition import check_pair
@@ -88,22 +87,6 @@ def check_memory_budget(cfg: GenerateConfig, tokenizer: LARPTokenizer) -> None:
     frames = t + (cfg.num_cond_frames if cfg.frame_prediction else 0)
     check_memory(f"{cfg.num_videos} video(s) of {frames} frames of {w}x{h}",
                  cfg.num_videos * frames * 3 * h * w * 4, cfg.max_memory_mb)
-
-
-def stream_mp4s(paths: list[Path], chunks: Iterable[torch.Tensor], fps: float) -> int:
-    """Write chunks (B, 3, t, H, W) in [0, 1] into B mp4 files as they come (never the whole videos in
-    memory); each file appears complete or not at all. Returns the frames written per file."""
-    from larp.data.video_write import MP4Writer, to_uint8
-
-    with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(MP4Writer(p, fps)) for p in paths]
-        count = 0
-        for chunk in chunks:
-            for writer, video in zip(writers, chunk.cpu(), strict=True):
-                for frame in to_uint8(video):  # (t, H, W, 3)
-                    writer.write(frame)
-            count += chunk.shape[2]
-    return count
 
 
 def _load(cfg: GenerateConfig, device: torch.device) -> tuple[LARPTokenizer, LARPAR | None, LARPAR | None]:
@@ -191,7 +174,7 @@ def _run_generate(cfg: GenerateConfig, progress: bool) -> dict[str, Any]:
     else:
         chunks = iter([start])
     out.mkdir(parents=True, exist_ok=True)
-    frames = stream_mp4s([out / name for name in names], chunks, cfg.fps)  # written as they are made
+    frames = write_mp4_streams([out / name for name in names], chunks, cfg.fps)  # written as they are made
     record["videos"] = [{"file": name, "frames": frames} for name in names]
     record["seconds"] = time.perf_counter() - t0
     write_json(out / "generate.json", record)

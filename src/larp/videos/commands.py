@@ -66,18 +66,10 @@ def _mp4_path(value: str, overwrite: bool) -> Path:
 
 
 def _write(path: Path, chunks: Iterable[torch.Tensor], fps: float) -> None:
-    """Stream float chunks (3, t, H, W) into `path` via a temporary file, so a failure leaves no half file."""
-    from larp.data.video_io import MP4Writer, to_uint8
+    """Stream float chunks (3, t, H, W) into `path`; a failure leaves no half file."""
+    from larp.data.video_write import write_mp4_streams
 
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        with MP4Writer(tmp, fps) as writer:
-            for chunk in chunks:
-                for frame in to_uint8(chunk):
-                    writer.write(frame)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_mp4_streams([path], (chunk[None] for chunk in chunks), fps)
 
 
 def _outputs(videos: list[str], out: str, overwrite: bool) -> list[Path]:
