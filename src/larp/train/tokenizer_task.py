@@ -100,7 +100,6 @@ class TokenizerTask:
         self._build_optimisers()
         self.scaler = ctx.grad_scaler()  # the generator's; the discriminator has its own, as the reference
         self.scaler_d = ctx.grad_scaler()
-        self.disc_updates = 0
         self.train_model = ctx.maybe_compile(ctx.wrap(self.model))
         self.train_disc = ctx.wrap(self.disc) if self.disc is not None else None
         torch.manual_seed(run.seed + 7919 * ctx.rank)  # ranks draw different codes and dropout masks
@@ -189,6 +188,11 @@ class TokenizerTask:
             terms["mse"] = pixel_loss(recon.detach(), video, "l2")
         return total, terms
 
+    @property
+    def disc_updates(self) -> int:
+        """The discriminator's updates so far (LeCam's averages move once per update and are checkpointed)."""
+        return int(self.lecam.num_updates) if self.disc is not None else 0
+
     def _set_learning_rates(self, number: int) -> float:
         lr = set_lr_factor(self.opt_g, self.schedule_g(number))
         if self.disc is not None:
@@ -219,7 +223,7 @@ class TokenizerTask:
                 with ctx.autocast():
                     out = self._forward(video, number)
                 if disc_now and k == 1:
-                    d_metrics = self._disc_step(videos, [out.recon.detach().float()], number)
+                    d_metrics = self._disc_step(videos, [out.recon.detach().float()])
                 with ctx.autocast():
                     total, terms = self._generator_loss(video, out, step, gan_on)
                 metrics = {name: float(v.detach()) for name, v in terms.items()}
@@ -261,15 +265,14 @@ class TokenizerTask:
         with torch.random.fork_rng(devices=devices):
             with torch.no_grad(), self.ctx.autocast():
                 fakes = [self._forward(v, number).recon.float() for v in videos]
-            return self._disc_step(videos, fakes, number)
+            return self._disc_step(videos, fakes)
 
-    def _disc_step(self, reals: list[torch.Tensor], fakes: list[torch.Tensor], number: int) -> dict[str, float]:
+    def _disc_step(self, reals: list[torch.Tensor], fakes: list[torch.Tensor]) -> dict[str, float]:
         """One discriminator update on the step's own reconstructions (detached): smoothed BCE (or hinge)
         + lecam_weight x the LeCam penalty against the averages before this update, which then move."""
         loss_cfg, ctx = self.recipe.loss, self.ctx
         k = len(reals)
-        self.disc_updates += 1
-        noise = self.draws.d_noise(self.disc_updates)
+        noise = self.draws.d_noise(self.disc_updates + 1)
         self.disc.requires_grad_(True)
         rows, real_means, fake_means = [], [], []
         self.opt_d.zero_grad(set_to_none=True)
@@ -341,7 +344,7 @@ class TokenizerTask:
         }
         if self.disc is not None:
             state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(),
-                         scaler_d=self.scaler_d.state_dict(), disc_updates=self.disc_updates,
+                         scaler_d=self.scaler_d.state_dict(),
                          lecam=self.lecam.state_dict())
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -357,7 +360,6 @@ class TokenizerTask:
             self.disc.load_state_dict(state["disc"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.scaler_d.load_state_dict(state["scaler_d"])
-            self.disc_updates = int(state["disc_updates"])
             self.lecam.load_state_dict(state["lecam"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
