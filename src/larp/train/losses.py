@@ -220,11 +220,10 @@ def from_reference_disc_name(name: str) -> str:
 LABEL_NOISE_STD = 0.15
 
 
-def _half_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """|N(0, 0.15)| of like's shape, drawn on the generator's device, returned on like's device."""
+def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normals of like's shape, drawn on the generator's device."""
     device = generator.device if generator is not None else like.device
-    noise = torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
-    return (noise * LABEL_NOISE_STD).abs().to(like.device)
+    return torch.randn(like.shape, generator=generator, device=device, dtype=torch.float32)
 
 
 def smoothed_targets(real_logits: Tensor, fake_logits: Tensor, generator: torch.Generator | None = None,
@@ -234,10 +233,9 @@ def smoothed_targets(real_logits: Tensor, fake_logits: Tensor, generator: torch.
     The standard normals n_r, n_f are `noise` when given (replayed draws), else drawn from `generator` (the
     global RNG if None), the real ones first."""
     if noise is None:
-        real_n, fake_n = _half_normal(real_logits, generator), _half_normal(fake_logits, generator)
-    else:
-        real_n = (noise[0].float().reshape(real_logits.shape) * LABEL_NOISE_STD).abs().to(real_logits.device)
-        fake_n = (noise[1].float().reshape(fake_logits.shape) * LABEL_NOISE_STD).abs().to(fake_logits.device)
+        noise = (_normal(real_logits, generator), _normal(fake_logits, generator))
+    real_n, fake_n = ((n.float().reshape(x.shape) * LABEL_NOISE_STD).abs().to(x.device)
+                      for n, x in zip(noise, (real_logits, fake_logits), strict=True))
     return (1.0 - real_n).clamp(min=0.7), fake_n.clamp(max=0.3)
 
 
