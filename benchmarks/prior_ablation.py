@@ -1,23 +1,24 @@
 """Prior ablation: does training the tokenizer with its AR prior make its tokens easier to generate?
 
-For each token count x prior {off: loss.prior_weight=0, on: the recipe's weight} x seed, one *cell* trains the
-small synthetic tokenizer, encodes the training clips (token cache), trains the same AR model on them, samples
-20 clips per class with guidance and measures: reconstruction PSNR and object metrics, the prior's top-1 and
-cross-entropy on the validation tokens, the AR model's validation NLL (nats per token), the samples' sFVD and
-strict accuracy, and times. The two arms differ only in the prior's loss weight: with weight 0 the prior
-still runs (the same random draws, the same compute) but nothing learns from it.
+A *cell* is a token count x an arm x a seed, and runs the demo's own pipeline end to end (`larp demo`:
+its tokenizer recipe and steps, its AR model started from the tokenizer's codebook with its steps, its
+sampling settings and scoring) on one shared copy of the demo's data. The two arms differ only in the prior's
+loss weight: the recipe's 0.06, or 0 (the prior still runs, with the same random draws and compute, but
+nothing learns from it). The seed is the demo's seed for everything but the data: tokenizer and AR training,
+token cache, samples. Per cell: the demo's reconstruction and sample figures (PSNR, object IoU / PSNR,
+strict, coherent, sFVD, path spread), the prior's CE and top-1 on the validation codes
+(`larp.eval.reconstruction.prior_scores`), the AR model's validation NLL on them, and times.
 
-    python benchmarks/prior_ablation.py run [--tokens 64 48 32] [--seeds 0 1] [--workers 1] [--git-commit]
+    python benchmarks/prior_ablation.py run --workers 2 [--tokens 64 32] [--seeds 0 1 2] [--git-commit]
     python benchmarks/prior_ablation.py rerun n64-prior-s0        # the same cell again, in its own folder
-    python benchmarks/prior_ablation.py probe NAME --tokens 64 --set model.config.prior_model.name=gptc-XS
-    python benchmarks/prior_ablation.py report                    # markdown table + docs/images plot
+    python benchmarks/prior_ablation.py report                    # markdown tables + docs/images plot
 
-Pinned: the recipe is defined here (`BASE`), not read from configs/ or the presets, and every row records the
-hash of the resolved recipes (`recipe_hash`): rows of another base recipe are refused. The library code is
-taken from one git commit (HEAD at the first launch), extracted under <root>/code/<commit>, so that edits in
-the working tree during the hours of a run change nothing; the commit is in every row. Resumable: every cell
-keeps its runs (the trainers resume from their checkpoints) and the stages it finished; a killed run
-continues where it stopped. Results: benchmarks/results/prior_ablation.json (see docs/studies/prior_ablation.md)."""
+Pinned: the library is taken from one git commit (`--commit`, default HEAD at the first launch of a
+`--root`), extracted under <root>/code/<commit>, so that edits in the working tree during the hours of a run
+change nothing; every row records the commit and the hash of the resolved recipes (`recipe_hash`, the cell's
+own keys left out): rows of another recipe are refused. Cells resume at the stage where they stopped (the
+demo's own resumption). Results: benchmarks/results/prior_ablation.json, one entry per ablation (the
+earlier 500-step ablation is kept there as `short-500`; see docs/studies/prior_ablation.md)."""
 
 from __future__ import annotations
 
@@ -29,78 +30,24 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 # siblings in this folder, which is on sys.path when the script runs
-from prior_ablation_state import CellState, Results, run_stages, write_json
+from prior_ablation_state import Results, now, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "prior_ablation.json"
-PLOT = REPO / "docs" / "images" / "prior_ablation.png"
+PLOT = REPO / "docs" / "images" / "prior_ablation_demo.png"
+ABLATION = "demo-recipe"  # this script's entry in the results file
 CHILD_ENV = "PRIOR_ABLATION_COMMIT"  # set in the re-executed process that imports the pinned library
-
-# ------------------------------------------------------------------------------------------- the recipe
-# The demo's recipes (configs/tiny_synthetic*.yaml and the presets larp-synthetic-64, with its gptc-XXXS
-# prior, and ar-synthetic, as of commit f30f836), spelled out, with fewer steps so that 12 cells fit in a few hours of a
-# shared 2-core CPU. The architecture's keys are the presets' values written out in full.
-TOKENIZER_MODEL: dict[str, Any] = {
-    "bottleneck": {"name": "bottleneck", "args": {"bottleneck_dim": 16, "norm": "none", "regularizer": {
-        "name": "vq", "args": {"codebook_size": 4096, "stochastic": True, "stochastic_temperature": 0.03,
-                               "l2_normalized": True, "commitment_loss_weight": 0.25, "codebook_loss_weight": 1.0,
-                               "entropy_loss_weight": 0.0, "entropy_loss_temperature": 0.01}}}},
-    "prior_model": {"name": "gptc-XXXS", "args": {"l2_normalized": True}, "n_rounds": 2,
-                    "no_grad_before_last_round": False, "avg_loss_over_rounds": True, "use_mix_ss": True,
-                    "mix_ss_max_ratio": 0.5, "mix_ss_peak_steps_ratio": 0.3, "latent_ce_temperature": 1.0,
-                    "no_dropout": False},
-    "bottleneck_token_num": 64, "input_size": 64, "frame_num": 16, "temporal_patch_size": 4, "patch_size": 16,
-    "decoder_temporal_patch_size": 4, "decoder_patch_size": 16, "in_channels": 3,
-    "transformer_name": "transformer_encoder_parallel", "encoder_name": "none", "decoder_name": "none",
-    "latent_pe_scale_factor": 0.1, "query_init_std": 0.02, "encoder_hidden_size": 128, "decoder_hidden_size": 128,
-    "encoder_num_heads": 4, "decoder_num_heads": 4, "encoder_depth": 2, "decoder_depth": 2,
-    "learned_encoder_patch_pe": False, "learned_encoder_latent_query_embed": True, "learned_decoder_latent_pe": False,
-    "learned_decoder_patch_query_embed": False, "use_encoder_patch_token_type_embed": False,
-    "use_encoder_latent_query_token_type_embed": False, "use_decoder_latent_token_type_embed": False,
-    "use_decoder_patch_query_token_type_embed": True, "encoder_query_gaussian_init": True,
-}
-AR_MODEL: dict[str, Any] = {
-    "dim": 256, "n_layer": 4, "n_head": 4, "n_kv_head": None, "multiple_of": 256, "ffn_dim_multiplier": None,
-    "rope_base": 10000, "norm_eps": 1e-05, "initializer_range": 0.02, "token_dropout_p": 0.1, "attn_dropout_p": 0.0,
-    "resid_dropout_p": 0.1, "ffn_dropout_p": 0.1, "drop_path_rate": 0.0, "num_classes": 10,
-    "class_dropout_prob": 0.1, "model_type": "class_cond", "vocab_size": 4096, "cls_token_num": 1,
-    "max_batch_size": 32, "max_seq_len": 64, "use_fixed_pe": False, "frame_prediction": False,
-}
-TOKENIZER_STEPS, AR_STEPS = 500, 500
-BASE: dict[str, Any] = {
-    "data": {"classes": 10, "clips_per_class": 128, "frames": 16, "size": 64, "seed": 0},
-    "prior_weight_on": 0.06,
-    "tokenizer": [
-        "data.num_frames=16", "data.size=64", "data.batch_size=8", "data.num_workers=0", "data.val_clips=64",
-        "data.cache_mb=512", "optim.lr=3e-4", "optim.betas=[0.9, 0.99]", "optim.warmup_steps=20",
-        "optim.min_lr_ratio=0.1", "optim.grad_clip=1.0", "optim.prior_lr_mult=1.0", "optim.embed_lr_mult=0.01",
-        "loss.pixel=l1", "loss.l2_weight=1.0", "loss.perceptual_weight=0", "loss.gan_weight=0",
-        "loss.vq_weight=0.1", "codebook.local_linear_init=true", "codebook.init_from_encoder=true",
-        "codebook.init_kmeans_iters=10", "codebook.dead_code_steps=50", "run.threads=1",
-        f"run.max_steps={TOKENIZER_STEPS}", "run.log_every=10", f"run.eval_every={TOKENIZER_STEPS}",
-        f"run.ckpt_every={TOKENIZER_STEPS // 4}", "run.keep_last=1", "run.best_metric=''", "run.device=cpu",
-    ],
-    "ar": [
-        "data.num_frames=16", "data.size=64", "data.batch_size=16", "data.num_workers=0", "data.val_clips=16",
-        "optim.lr=1e-3", "optim.betas=[0.9, 0.95]", "optim.weight_decay=0.05", "optim.warmup_steps=50",
-        "optim.min_lr_ratio=0.1", "optim.grad_clip=1.0", "run.threads=1", f"run.max_steps={AR_STEPS}",
-        "run.log_every=10", f"run.eval_every={AR_STEPS}", f"run.ckpt_every={AR_STEPS // 4}", "run.keep_last=1",
-        "run.device=cpu",
-    ],
-    "token_cache": {"windows_per_video": 4, "flip": True, "batch_size": 16},
-    "sampling": {"per_class": 20, "cfg_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "batch": 50},
-}
-# Keys of the resolved recipes that a cell sets; everything else must be equal in all cells of one ablation.
-CELL_KEYS = {"tokenizer": ["run.seed", "run.out_dir", "data.train_csv", "data.val_csv", "loss.prior_weight",
-                           "model.config.bottleneck_token_num", "model_config.bottleneck_token_num"],
-             "ar": ["run.seed", "run.out_dir", "tokenizer.path", "data.token_cache", "data.val_csv",
-                    "model.config.max_seq_len", "model_config.max_seq_len"]}
+PRIOR_WEIGHT_ON = 0.06  # the demo's (and the released recipe's) prior weight
+# The cells' own settings; everything else is the demo's. The AR model trains on one thread so that two
+# cells share the two cores (the demo gives it two).
+CELL_KEYS = {"tokenizer": [("run", "seed"), ("loss", "prior_weight"), ("model", "config", "bottleneck_token_num"),
+                           ("model_config", "bottleneck_token_num")],
+             "ar": [("run", "seed"), ("model", "config", "max_seq_len"), ("model_config", "max_seq_len")]}
 
 
 @dataclass(frozen=True)
@@ -123,188 +70,97 @@ class Cell:
         except ValueError:
             raise ValueError(f"expected a cell id like n64-prior-s0 or n32-noprior-s1, got {text!r}") from None
 
-
-def _flatten(prefix: str, value: Any) -> list[str]:
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in _flatten(f"{prefix}.{k}", v)]
-    return [f"{prefix}={json.dumps(value)}"]
+    def tokenizer_overrides(self) -> list[str]:
+        return [f"loss.prior_weight={PRIOR_WEIGHT_ON if self.prior else 0.0}",
+                f"model.config.bottleneck_token_num={self.tokens}"]
 
 
-def cell_overrides(cell: Cell, base: dict[str, Any], folder: Path, data: dict[str, str],
-                   extra: list[str] = ()) -> tuple[list[str], list[str]]:
-    """The `key=value` overrides of the cell's tokenizer and AR recipes (model keys written out in full)."""
-    weight = base["prior_weight_on"] if cell.prior else 0.0
-    tok = (["model.preset=''"] + _flatten("model.config", TOKENIZER_MODEL) + base["tokenizer"]
-           + [f"model.config.bottleneck_token_num={cell.tokens}", f"loss.prior_weight={weight}",
-              f"run.seed={cell.seed}", f"data.train_csv={data['train']}", f"data.val_csv={data['val']}",
-              f"run.out_dir={folder / 'tokenizer'}"] + [e for e in extra if not e.startswith("ar.")])
-    ar = (["model.preset=''"] + _flatten("model.config", AR_MODEL) + base["ar"]
-          + [f"model.config.max_seq_len={cell.tokens}", f"run.seed={cell.seed}",
-             f"tokenizer.path={folder / 'tokenizer' / 'model'}", f"data.token_cache={folder / 'tokens'}",
-             f"data.val_csv={data['val']}", f"run.out_dir={folder / 'ar'}"]
-          + [e[3:] for e in extra if e.startswith("ar.")])
-    return tok, ar
+def demo_config(seed: int, quick: bool = False) -> Any:
+    from larp.demo.pipeline import DemoConfig
+
+    return DemoConfig.smoke(seed) if quick else DemoConfig(seed=seed)
 
 
-def _drop(tree: dict[str, Any], dotted: str) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        tree = tree.get(p, {})
-    tree.pop(last, None) if isinstance(tree, dict) else None
+def demo_cell(cell: Cell, folder: Path, data: dict[str, str], quick: bool = False) -> Any:
+    """The pinned library's `Demo` for one cell: the cell's overrides on the demo's recipes, the shared data."""
+    from larp.demo.pipeline import Demo
+
+    class CellDemo(Demo):
+        def tokenizer_recipe(self, extra: list[str] | None = None) -> Any:
+            return super().tokenizer_recipe(cell.tokenizer_overrides() + (extra or []))
+
+        def ar_recipe(self, extra: list[str] | None = None) -> Any:
+            return super().ar_recipe(["run.threads=1", f"model.config.max_seq_len={cell.tokens}"] + (extra or []))
+
+        def stage_data(self) -> dict[str, Any]:
+            return dict(data)
+
+    return CellDemo(folder, demo_config(cell.seed, quick))
 
 
-def resolved_recipes(tok_overrides: list[str], ar_overrides: list[str]) -> dict[str, Any]:
-    """Both recipes resolved by the library (defaults included) with their model configs, as plain dicts."""
-    from larp.train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
-    from larp.utils.config import to_dict
-
-    out = {}
-    for name, cls, overrides in (("tokenizer", TokenizerTrainConfig, tok_overrides),
-                                 ("ar", ARTrainConfig, ar_overrides)):
-        recipe = load_recipe(cls, None, overrides)
-        out[name] = json.loads(json.dumps({**to_dict(recipe), "model_config": to_dict(recipe.model_config())}))
-    return out
+def _drop(tree: dict[str, Any], path: tuple[str, ...]) -> None:
+    for key in path[:-1]:
+        tree = tree.get(key, {})
+    tree.pop(path[-1], None)
 
 
-def recipe_hash(recipes: dict[str, Any], base: dict[str, Any]) -> str:
-    """Hash of everything a cell does not set: equal hashes mean the cells differ only in tokens, arm, seed."""
-    shared = json.loads(json.dumps(recipes))
-    for name, keys in CELL_KEYS.items():
-        for key in keys:
-            _drop(shared[name], key)
-    rest = {k: v for k, v in base.items() if k not in ("tokenizer", "ar")}
-    text = json.dumps({"recipes": shared, "settings": rest}, sort_keys=True)
+def recipe_hash(demo: Any) -> str:
+    """Hash of everything a cell does not set (the resolved recipes and the demo's settings): equal hashes
+    mean the cells differ only in tokens, arm and seed."""
+    shared = json.loads(json.dumps(demo.recipes()))
+    for name, paths in CELL_KEYS.items():
+        for path in paths:
+            _drop(shared[name], path)
+    settings = {k: v for k, v in asdict(demo.cfg).items() if k != "seed"}
+    text = json.dumps({"recipes": shared, "demo": settings, "prior_weight_on": PRIOR_WEIGHT_ON}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------- the stages
-class Evaluation:
-    """The validation clips and the real clips' sFVD reference, loaded once per process."""
-
-    def __init__(self, root: Path, data: dict[str, str], base: dict[str, Any]):
-        import numpy as np
-        import torch
-
-        from larp.data.datasets import VideoCSVDataset
-        from larp.eval.synthetic import SyntheticReference, clip_sfvd_features
-
-        d = base["data"]
-        val = VideoCSVDataset(data["val"], num_frames=d["frames"], size=d["size"])
-        self.videos = torch.stack([val[i]["video"] for i in range(len(val))])
-        self.labels = torch.tensor([val[i]["label"] for i in range(len(val))])
-        ref_file = root / "reference_features.npy"
-        if not ref_file.exists():  # (workers may race here: each writes its own file, the results are equal)
-            tmp = ref_file.with_name(f".{os.getpid()}.{ref_file.name}")
-            np.save(tmp, np.stack([clip_sfvd_features(v) for v in self.videos]))
-            tmp.replace(ref_file)
-        self.reference = SyntheticReference(np.load(ref_file))
-
-
-def stage_train(kind: str, overrides: list[str]) -> dict[str, Any]:
-    from larp.train.ar_task import ARTask
-    from larp.train.config import ARTrainConfig, TokenizerTrainConfig, load_recipe
-    from larp.train.run import train
-    from larp.train.tokenizer_task import TokenizerTask
-
-    cls, task = (TokenizerTrainConfig, TokenizerTask) if kind == "tokenizer" else (ARTrainConfig, ARTask)
-    recipe = load_recipe(cls, None, overrides)
-    resume = (Path(recipe.run.out_dir) / "checkpoints").is_dir()
-    final = train(recipe, task, resume=resume, overwrite=not resume)
-    rows = [json.loads(line) for line in (Path(recipe.run.out_dir) / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if any(k.startswith("train/") for k in r)][-1]
-    return {"final_eval": final, "last_train": {k: v for k, v in last.items() if k.startswith("train/")}}
-
-
-def stage_recon(folder: Path, ev: Evaluation) -> dict[str, Any]:
-    """Deterministic codes of every validation clip: PSNR, object metrics, the prior's CE and top-1."""
+def stage_codes(demo: Any) -> dict[str, Any]:
+    """Deterministic codes of every validation clip and the prior's scores on them."""
     import torch
-    import torch.nn.functional as F
-    from safetensors.torch import save_file
 
-    from larp.eval.metrics import psnr, ssim
-    from larp.eval.synthetic import ObjectScores
-    from larp.models.tokenizer import LARPTokenizer
+    from larp.eval.reconstruction import prior_scores
+    from larp.utils.files import write_safetensors
 
-    tok = LARPTokenizer.from_pretrained(folder / "tokenizer" / "model").eval()
-    scores, psnrs, ssims, codes = ObjectScores.empty(), [], [], []
-    ce_sum, top1_sum, cos_sum, floor_sum, count = 0.0, 0.0, 0.0, 0.0, 0
+    tok = demo._tokenizer().eval()
+    codes, labels, ce, top1, top5 = [], [], [], [], []
     with torch.no_grad():
-        for start in range(0, len(ev.videos), 32):
-            video = ev.videos[start:start + 32]
+        for video, y in demo._clips("val", batch=32):
             idx = tok.encode(video, deterministic=True)
-            recon = tok.decode(idx).clamp(0, 1)
-            psnrs += psnr(recon, video).tolist()
-            ssims += ssim(recon, video).tolist()
-            scores.add(video, recon)
             codes.append(idx)
+            labels += y
             if tok.prior_model is not None:
-                logits = tok.prior_logits(idx).float()
-                labels = idx[:, 1:]
-                ce_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                reduction="sum"))
-                top1_sum += float((logits.argmax(-1) == labels).sum())
-                count += labels.numel()
-                # The logits are cosines / temperature: even a prediction equal to the next code cannot
-                # bring the CE below logsumexp_j(cos(code, code_j) / tau) - 1 / tau (the floor).
-                vectors = tok.bottleneck.regularizer.lookup(idx)
-                pred = tok.prior_predict(vectors)[:, 1:]
-                cos_sum += float(F.cosine_similarity(pred, vectors[:, 1:], dim=-1).sum())
-                tau = tok.config.prior_model.latent_ce_temperature
-                self_logits = vectors[:, 1:] @ tok.bottleneck.regularizer.codebook.t() / tau
-                floor_sum += float((self_logits.logsumexp(-1) - 1 / tau).sum())
+                s = prior_scores(tok, idx)
+                ce.append(s["prior_ce"])
+                top1.append(s["prior_top1"])
+                top5.append(s["prior_top5"])
     codes = torch.cat(codes)
-    save_file({"tokens": codes.to(torch.int32).contiguous(), "labels": ev.labels.contiguous()},
-              str(folder / "val_tokens.safetensors"))
-    out = {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims),
-           **scores.summary(ev.labels.tolist(), reference=ev.reference),
-           "codes_used": int(codes.unique().numel()), "codebook_size": tok.codebook_size}
-    if count:
-        out.update(prior_ce=ce_sum / count, prior_top1=top1_sum / count, prior_cos=cos_sum / count,
-                   prior_ce_floor=floor_sum / count, uniform_ce=math.log(tok.codebook_size))
+    write_safetensors(demo.out / "val_codes.safetensors",
+                      {"tokens": codes.to(torch.int32).contiguous(), "labels": torch.tensor(labels)})
+    out: dict[str, Any] = {"clips": len(codes), "codes_used": int(codes.unique().numel()),
+                           "uniform_ce": math.log(tok.codebook_size)}
+    if ce:
+        out.update(prior_ce=float(torch.cat(ce).mean()), prior_top1=float(torch.cat(top1).mean()),
+                   prior_top5=float(torch.cat(top5).mean()))
     return out
 
 
-def stage_tokens(folder: Path, data: dict[str, str], base: dict[str, Any], seed: int) -> dict[str, Any]:
-    from larp.data.datasets import VideoCSVDataset
-    from larp.models.tokenizer import LARPTokenizer
-    from larp.train.token_cache import build_token_cache
-
-    tok = LARPTokenizer.from_pretrained(folder / "tokenizer" / "model").eval()
-    cache = folder / "tokens"
-    shutil.rmtree(cache, ignore_errors=True)  # an interrupted build: start it again
-    d, c = base["data"], base["token_cache"]
-    ds = VideoCSVDataset(data["train"], num_frames=d["frames"], size=d["size"])
-    meta = build_token_cache(tok, ds, cache, tokenizer_id=str(folder / "tokenizer" / "model"),
-                             windows_per_video=c["windows_per_video"], flip=c["flip"], seed=seed,
-                             batch_size=c["batch_size"])
-    return {"entries": meta.num_entries}
-
-
-def _cache_tokens(folder: Path) -> Any:
-    import torch
-    from safetensors.torch import load_file
-
-    from larp.train.token_cache import read_cache_meta
-
-    meta = read_cache_meta(folder / "tokens")
-    return torch.cat([load_file(str(folder / "tokens" / s))["tokens"].long() for s in meta.shards])
-
-
-def stage_ar_eval(folder: Path) -> dict[str, Any]:
-    """The AR model's teacher-forced NLL (nats per token) on the validation clips' deterministic codes, next
-    to a unigram model of the training codes (add-1/2 smoothing): how much of the codes' entropy the AR
-    model removes beyond their frequencies."""
+def stage_ar_eval(demo: Any) -> dict[str, Any]:
+    """The AR model's teacher-forced NLL (nats per token) on every validation clip's deterministic codes,
+    beside a unigram model of the training cache's codes (add-1/2 smoothing)."""
     import torch
     import torch.nn.functional as F
     from safetensors.torch import load_file
 
     from larp.models.ar import LARPAR
+    from larp.train.token_cache import read_cache_meta
 
-    val = load_file(str(folder / "val_tokens.safetensors"))
+    val = load_file(str(demo.out / "val_codes.safetensors"))
     tokens, labels = val["tokens"].long(), val["labels"].long()
-    ar = LARPAR.from_pretrained(folder / "ar" / "model").eval()
-    nll = []
-    correct = 0
+    ar = LARPAR.from_pretrained(demo.state["done"]["ar"]["model"]).eval()
+    nll, correct = [], 0
     with torch.no_grad():
         for start in range(0, len(tokens), 64):
             t, y = tokens[start:start + 64], labels[start:start + 64]
@@ -312,85 +168,63 @@ def stage_ar_eval(folder: Path) -> dict[str, Any]:
             nll.append(F.cross_entropy(logits.transpose(1, 2), t, reduction="none"))  # (B, N)
             correct += int((logits.argmax(-1) == t).sum())
     nll = torch.cat(nll)
-    train_codes = _cache_tokens(folder)
-    k = ar.config.vocab_size
-    freq = torch.bincount(train_codes.flatten(), minlength=k).double() + 0.5
+    cache = Path(demo.state["done"]["tokens"]["cache"])
+    meta = read_cache_meta(cache)
+    train_codes = torch.cat([load_file(str(cache / s))["tokens"].long().flatten() for s in meta.shards])
+    freq = torch.bincount(train_codes, minlength=ar.config.vocab_size).double() + 0.5
     unigram = float(-(freq / freq.sum()).log()[tokens.flatten()].mean())
     return {"val_nll": float(nll.mean()), "val_token_acc": correct / tokens.numel(), "unigram_nll": unigram,
-            "uniform_nll": math.log(k), "nll_by_position": [round(float(v), 3) for v in nll.mean(0)]}
+            "uniform_nll": math.log(ar.config.vocab_size)}
 
 
-def stage_samples(folder: Path, ev: Evaluation, base: dict[str, Any], seed: int) -> dict[str, Any]:
-    import torch
-    from safetensors.torch import save_file
+def run_cell(cell: Cell, folder: Path, data: dict[str, str], expected_hash: str, quick: bool = False
+             ) -> dict[str, Any]:
+    """Run (or resume) one cell in `folder` with the demo's stages (its report left out) and two of its own."""
+    import time
 
-    from larp.data.video_io import write_png_grid
-    from larp.eval.synthetic import sample_metrics
-    from larp.models.ar import LARPAR
-    from larp.models.tokenizer import LARPTokenizer
-    from larp.sample.generate import generate
-
-    s, classes = base["sampling"], base["data"]["classes"]
-    tok = LARPTokenizer.from_pretrained(folder / "tokenizer" / "model").eval()
-    ar = LARPAR.from_pretrained(folder / "ar" / "model").eval()
-    labels = torch.arange(classes).repeat_interleave(s["per_class"])
-    g = torch.Generator().manual_seed(10_000 + seed)
-    videos = []
-    with torch.no_grad():
-        for start in range(0, len(labels), s["batch"]):
-            tokens = generate(ar, labels[start:start + s["batch"]], cfg_scale=s["cfg_scale"],
-                              temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], generator=g)
-            videos.append(tok.decode(tokens).clamp(0, 1))
-    videos = torch.cat(videos)
-    save_file({"videos": (videos * 255).round().to(torch.uint8).contiguous(), "labels": labels},
-              str(folder / "samples.safetensors"))
-    write_png_grid(folder / "samples.png", videos[:: s["per_class"]])
-    m = sample_metrics(videos, labels, ev.reference)
-    m.pop("per_class_strict")
-    return m
-
-
-# ---------------------------------------------------------------------------------------------- cells
-def run_cell(cell: Cell, folder: Path, root: Path, base: dict[str, Any], data: dict[str, str], ev: Evaluation,
-             extra: list[str] = (), until: str = "samples") -> dict[str, Any]:
-    """Run (or resume) one cell in `folder`; returns its row."""
     import torch
 
     torch.set_num_threads(1)
-    tok_o, ar_o = cell_overrides(cell, base, folder, data, list(extra))
-    recipes = resolved_recipes(tok_o, ar_o)
-    h = recipe_hash(recipes, base)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "recipes.json", recipes)
-    state = CellState(folder, h)
-    stages = [("tokenizer", lambda: stage_train("tokenizer", tok_o)), ("recon", lambda: stage_recon(folder, ev)),
-              ("tokens", lambda: stage_tokens(folder, data, base, cell.seed)),
-              ("ar", lambda: stage_train("ar", ar_o)), ("ar_eval", lambda: stage_ar_eval(folder)),
-              ("samples", lambda: stage_samples(folder, ev, base, cell.seed))]
-    stages = stages[:[n for n, _ in stages].index(until) + 1]
-    done = run_stages(state, stages)
-    return make_row(cell, h, done, base)
+    demo = demo_cell(cell, folder, data, quick)
+    h = recipe_hash(demo)
+    if h != expected_hash:
+        raise SystemExit(f"cell {cell.id} resolves to recipe {h}, the ablation's is {expected_hash}")
+    stages = [("data", demo.stage_data), ("tokenizer", demo.stage_tokenizer), ("recon", demo.stage_recon),
+              ("codes", lambda: stage_codes(demo)), ("tokens", demo.stage_tokens), ("ar", demo.stage_ar),
+              ("ar_eval", lambda: stage_ar_eval(demo)), ("samples", demo.stage_samples), ("score", demo.stage_score)]
+    for name, fn in stages:
+        if demo._done(name):
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        info = fn() or {}
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        info["cpu_seconds"] = round(time.process_time() - c0, 1)
+        demo._finish(name, info)
+        print(f"[{cell.id}] {name}: {json.dumps(info)[:300]}", flush=True)
+    return make_row(cell, h, demo.state["done"])
 
 
-def make_row(cell: Cell, h: str, done: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
-    def pick(stage: str, keys: list[str]) -> dict[str, Any]:
+def make_row(cell: Cell, h: str, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def pick(stage: str, keys: list[str], prefix: str = "") -> dict[str, Any]:
         info = done.get(stage) or {}
-        return {k: info[k] for k in keys if k in info}
+        return {k[len(prefix):] if k.startswith(prefix) else k: info[k] for k in keys if k in info}
 
+    recon = pick("recon", ["val_psnr", "val_ssim", "recon_object_psnr", "recon_background_psnr",
+                           "recon_object_iou", "recon_strict_accuracy", "recon_coherent_fraction", "recon_sfvd",
+                           "codebook_usage"], "recon_")
+    ar_final = (done.get("ar") or {}).get("final_eval") or {}
     row = {"cell": cell.id, "tokens": cell.tokens, "prior": "on" if cell.prior else "off",
-           "prior_weight": base["prior_weight_on"] if cell.prior else 0.0, "seed": cell.seed, "recipe_hash": h,
-           "commit": os.environ.get(CHILD_ENV, "working-tree"),
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "recon": pick("recon", ["psnr", "ssim", "object_psnr", "background_psnr", "object_iou",
-                                   "strict_accuracy", "coherent_fraction", "sfvd", "codes_used"]),
-           "prior_eval": pick("recon", ["prior_ce", "prior_top1", "prior_cos", "prior_ce_floor", "uniform_ce"]),
-           "ar": pick("ar_eval", ["val_nll", "val_token_acc", "unigram_nll", "uniform_nll", "nll_by_position"]),
-           "samples": pick("samples", ["sfvd", "strict_accuracy", "colour_accuracy", "shape_accuracy",
-                                       "motion_accuracy", "coherent_fraction", "count"]),
-           "train": {"tokenizer": (done.get("tokenizer") or {}).get("last_train", {}),
-                     "ar": (done.get("ar") or {}).get("last_train", {})},
-           "seconds": {k: v["seconds"] for k, v in done.items() if v},
-           "cpu_seconds": {k: v["cpu_seconds"] for k, v in done.items() if v}}
+           "prior_weight": PRIOR_WEIGHT_ON if cell.prior else 0.0, "seed": cell.seed, "recipe_hash": h,
+           "commit": os.environ.get(CHILD_ENV, "working-tree"), "finished": now(),
+           "recon": {("psnr" if k == "val_psnr" else "ssim" if k == "val_ssim" else k): v for k, v in recon.items()},
+           "prior_eval": pick("codes", ["prior_ce", "prior_top1", "prior_top5", "uniform_ce", "codes_used"]),
+           "ar": {**pick("ar_eval", ["val_nll", "val_token_acc", "unigram_nll", "uniform_nll"]),
+                  "demo_val_loss": ar_final.get("val/loss")},
+           "samples": pick("score", ["sfvd", "strict_accuracy", "colour_accuracy", "shape_accuracy",
+                                     "motion_accuracy", "coherent_fraction", "empty_fraction", "path_spread",
+                                     "count"]),
+           "seconds": {k: v["seconds"] for k, v in done.items() if v and "seconds" in v},
+           "cpu_seconds": {k: v["cpu_seconds"] for k, v in done.items() if v and "cpu_seconds" in v}}
     row["seconds"]["total"] = round(sum(row["seconds"].values()), 1)
     return row
 
@@ -422,50 +256,49 @@ def pin_code(root: Path, commit: str | None) -> tuple[str, Path]:
     return sha, src / "src"
 
 
-def prepare_data(root: Path, base: dict[str, Any]) -> dict[str, str]:
+def prepare_data(root: Path, quick: bool = False) -> dict[str, str]:
+    """The demo's dataset (its default settings, seed 0), written once for all cells: x264 may not give the
+    same bytes twice, so that every cell reads the same files."""
     from larp.data.synthetic import write_synthetic_dataset
-
+    c = demo_config(0, quick)
+    settings = {"classes": c.classes, "clips_per_class": c.clips_per_class, "frames": c.frames, "size": c.size,
+                "seed": 0}
     folder, marker = root / "data", root / "data" / "done.json"
-    if marker.exists() and json.loads(marker.read_text())["settings"] == base["data"]:
-        return json.loads(marker.read_text())["paths"]
     if marker.exists():
-        raise SystemExit(f"{folder} holds a dataset of other settings: use another --root")
-    paths = write_synthetic_dataset(folder, **base["data"])
-    info = {"settings": base["data"], "paths": {k: str(v) for k, v in paths.items()}}
+        info = json.loads(marker.read_text())
+        if info["settings"] != settings:
+            raise SystemExit(f"{folder} holds a dataset of other settings: use another --root")
+        return info["paths"]
+    paths = write_synthetic_dataset(folder, **settings)
+    info = {"settings": settings, "paths": {k: str(v) for k, v in paths.items()}}
     write_json(marker, info)
     return info["paths"]
 
 
 def cells_of(args: argparse.Namespace) -> list[Cell]:
-    """Seed by seed, so that a first full seed comes early; arms alternate (workers take one arm each)."""
+    """Seed by seed, so that a first full seed comes early; arms alternate (two workers take one arm each)."""
     return [Cell(n, prior, s) for s in args.seeds for n in args.tokens for prior in (False, True)]
 
 
 def command_run(args: argparse.Namespace) -> None:
-    root, base = Path(args.root), BASE
-    data = prepare_data(root, base)
-    cells = [Cell.parse(c) for c in args.only] if args.only else cells_of(args)
-    # The results file's hash: the base recipe (with --set for `run`, e.g. smoke runs into another file;
-    # a probe's row records its own hash).
-    extra = [] if args.kind == "probes" else args.set
-    template = resolved_recipes(*cell_overrides(cells[0], base, root / "x", data, extra))
-    results = Results(Path(args.results), recipe_hash(template, base), base)
+    root = Path(args.root)
+    data = prepare_data(root, args.quick)  # written once, before any worker starts
+    cells = [Cell.parse(c) for c in args.cells] if args.cells else cells_of(args)
     if args.workers > 1 and args.worker is None:  # one process per worker, cells dealt round-robin
         procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", str(i)])
                  for i in range(args.workers)]
-        codes = [p.wait() for p in procs]
-        raise SystemExit(max(codes))
+        raise SystemExit(max(p.wait() for p in procs))
+    scratch = root / f".template.{os.getpid()}"
+    expected = recipe_hash(demo_cell(Cell(64, True, 0), scratch, data, args.quick))  # the hash of the ablation's recipe
+    shutil.rmtree(scratch)
+    results = Results(Path(args.results), ABLATION, expected)
     mine = cells[args.worker::args.workers] if args.worker is not None else cells
-    ev = Evaluation(root, data, base)
     for cell in mine:
-        name = args.name if args.kind == "probes" else cell.id
-        if results.done(args.kind, name):
+        if results.done(args.kind, cell.id):
             continue
-        folder = root / args.kind / name
+        folder = root / args.kind / cell.id
         print(f"[{cell.id}] {folder}", flush=True)
-        row = run_cell(cell, folder, root, base, data, ev, args.set, args.until)
-        if args.kind == "probes":
-            row.update(cell=args.name, overrides=args.set, of=cell.id, stages_run=args.until)
+        row = run_cell(cell, folder, data, expected, args.quick)
         results.add(args.kind, row, args.git_commit)
         print(f"[{cell.id}] row: {json.dumps(row)[:400]}", flush=True)
 
@@ -473,27 +306,24 @@ def command_run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("run", "rerun", "probe"):
+    for name in ("run", "rerun"):
         q = sub.add_parser(name)
-        q.add_argument("cells", nargs="*" if name == "run" else "?", default=None,
-                       help="run: cells to run (default: all); rerun: the cell; probe: its name")
-        q.add_argument("--root", default=str(REPO / "runs" / "prior_ablation"), help="working folder")
+        q.add_argument("cells", nargs="*" if name == "run" else 1, default=None,
+                       help="cells to run, e.g. n64-prior-s0 (run: default all of --tokens x arms x --seeds)")
+        q.add_argument("--root", default=str(REPO / "runs" / "prior_ablation_demo"), help="working folder")
         q.add_argument("--results", default=str(RESULTS))
-        q.add_argument("--tokens", type=int, nargs="+", default=[64, 48, 32])
-        q.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-        q.add_argument("--prior", choices=["on", "off"], default="on", help="probe: the arm it starts from")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="probe: tokenizer recipe overrides (ar.KEY=VALUE for the AR recipe)")
-        q.add_argument("--until", default="samples",
-                       choices=["tokenizer", "recon", "tokens", "ar", "ar_eval", "samples"])
+        q.add_argument("--tokens", type=int, nargs="+", default=[64])
+        q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         q.add_argument("--workers", type=int, default=1, help="cells run in this many processes at once")
         q.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
         q.add_argument("--commit", default=None, help="library commit to run (default: pinned, else HEAD)")
+        q.add_argument("--quick", action="store_true", help="the demo's smoke settings (checks the script only)")
         q.add_argument("--git-commit", action="store_true", help="commit the results file after every row")
     r = sub.add_parser("report")
     r.add_argument("--results", default=str(RESULTS))
     r.add_argument("--plot", default=str(PLOT))
     r.add_argument("--no-plot", action="store_true")
+    r.add_argument("--ablation", default=ABLATION, help="the ablation whose plot is drawn")
     args = p.parse_args(argv)
     if args.command == "report":
         from prior_ablation_report import command_report
@@ -508,16 +338,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not Path(larp.__file__).resolve().is_relative_to((root / "code").resolve()):
         raise SystemExit(f"larp was imported from {larp.__file__}, not from the pinned copy under {root}/code")
-    args.kind, args.only, args.name = {"run": "cells", "rerun": "reruns", "probe": "probes"}[args.command], [], ""
-    if args.command == "run":
-        args.only = args.cells or []
-    elif args.command == "rerun":
-        args.only = [args.cells]
-    else:
-        if not args.cells or not args.set:
-            raise SystemExit("probe needs a name and at least one --set KEY=VALUE")
-        args.name = args.cells
-        args.only = [Cell(args.tokens[0], args.prior == "on", args.seeds[0]).id]
+    args.kind = {"run": "cells", "rerun": "reruns"}[args.command]
     command_run(args)
 
 
