@@ -313,3 +313,46 @@ def test_a_second_writer_of_an_output_gets_one_line_naming_the_first(tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{target} is being written by larp train (pid {os.getpid()}" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ([out] if folder else [])
+
+
+# --- threads ------------------------------------------------------------------------------------------------
+
+def test_every_command_takes_threads_and_runs_with_them(monkeypatch):
+    import torch
+
+    parser = build_parser()
+    leaves = [(name, sub) for name, sub in cli._subparsers(parser) if sub.get_default("func") is not None]
+    assert len(leaves) >= len(COMMANDS)
+    missing = [name for name, sub in leaves if not any("--threads" in a.option_strings for a in sub._actions)]
+    assert missing == []
+    seen = []
+    real = build_parser
+
+    def patched(load=None):
+        parser = real(load)
+        cli._commands_action(parser).choices["synth-data"].set_defaults(
+            func=lambda args: seen.append(torch.get_num_threads()))
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    before = torch.get_num_threads()
+    try:
+        from larp.utils.threads import default_threads
+
+        torch.set_num_threads(1)
+        assert main(["synth-data", "out", "--threads", "2"]) == 0
+        assert main(["synth-data", "out"]) == 0  # every CPU this process may use
+        assert seen == [2, default_threads()]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_train_threads_override_the_recipe():
+    from larp.demo.pipeline import TOKENIZER_RECIPE, recipe_file
+    from larp.train.commands import _load
+
+    parser = build_parser(["train"])
+    args = parser.parse_args(["train", "tokenizer", "--config", str(recipe_file(TOKENIZER_RECIPE)), "--threads", "3"])
+    assert _load(args).run.threads == 3
+    args = parser.parse_args(["train", "tokenizer", "--config", str(recipe_file(TOKENIZER_RECIPE))])
+    assert _load(args).run.threads == 0  # the recipe's: leave what the command set

@@ -85,12 +85,24 @@ def build_parser(load: Iterable[str] | None = None) -> argparse.ArgumentParser:
     registrar = _Registrar(sub)
     for module in _modules(load):
         importlib.import_module(module).register(registrar)
+    _add_threads(parser)
     for name, (_, help) in COMMANDS.items():
         if name not in sub.choices:
             sub.add_parser(name, help=help, add_help=False)
     order = list(COMMANDS)  # the table's order in `larp --help`, however the modules registered
     sub._choices_actions.sort(key=lambda a: order.index(a.dest) if a.dest in order else len(order))
     return parser
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    """`--threads` on every command that runs (one without sub-commands of its own) and has no such option
+    yet: one spelling and meaning everywhere (`larp.utils.threads`)."""
+    from larp.utils.cli import add_threads
+
+    for _, sub in _subparsers(parser):
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+        if leaf and sub.get_default("func") is not None and not any(a.dest == "threads" for a in sub._actions):
+            add_threads(sub)
 
 
 def _commands_action(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
@@ -213,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = _leaf_prog(parser, args)
     previous = _terminate_as_interrupt()
     try:
+        if "threads" in vars(args):  # before the command imports and builds anything
+            from larp.utils.threads import use_threads
+
+            use_threads(args.threads)
         result = args.func(args)
     except KeyboardInterrupt:
         if debug:

@@ -19,6 +19,8 @@ def _load(args: argparse.Namespace):
     overrides = list(args.overrides or [])
     if args.out:
         overrides.append(f"run.out_dir={json.dumps(args.out)}")  # JSON quoting is valid YAML
+    if getattr(args, "threads", None):  # `--threads` over the recipe's run.threads
+        overrides.append(f"run.threads={args.threads}")
     return load_recipe(cls, args.config, overrides)
 
 

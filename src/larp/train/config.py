@@ -226,7 +226,7 @@ class RunConfig:
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "larp"
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    threads: int = 0  # torch CPU threads; 0 = leave them as they are (the CLI: every available CPU, or --threads)
 
     def validate(self, prefix: str = "run") -> None:
         _need(bool(self.out_dir), f"{prefix}.out_dir", "a folder", self.out_dir)

@@ -193,6 +193,14 @@ def add_batch_size(parser: argparse.ArgumentParser, default: int, help: str = "c
     add_option(parser, "batch_size", type=positive_int, default=default, help=help)
 
 
+THREADS_HELP = ("torch's CPU threads (default: every CPU this process may use, as torch counts its cores; "
+                "a training recipe's run.threads unless given here)")
+
+
+def add_threads(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:
+    add_option(parser, "threads", type=positive_int, default=None, help=help)
+
+
 def add_seed(parser: argparse.ArgumentParser, default: int = 0, help: str = "random seed") -> None:
     add_option(parser, "seed", type=int, default=default, help=help)
 
