@@ -120,9 +120,35 @@ class JointTransformer(nn.Module):
     def forward(self, context: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         n_queries = queries.shape[1]
         h = torch.cat([context, queries], dim=1)  # (B, Nc + Nq, D)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             h = block(h)
-        return h[:, -n_queries:]  # (B, Nq, D)
+        # Only the query positions leave the last block: their rows alone go through its query projection,
+        # attention output, projection and MLP (the context still gives keys and values). Half of the last
+        # block's work, which a full block would compute and throw away; the same function.
+        return block_rows(self.blocks[-1], h, slice(-n_queries, None))  # (B, Nq, D)
+
+
+def block_rows(block: nn.Module, h: torch.Tensor, rows: slice) -> torch.Tensor:
+    """timm's ViT `Block` on (B, N, D) -> its output at the positions `rows` only (B, n, D), attending over
+    all N positions: `block(h)[:, rows]`, without the work for the other rows (their queries, attention
+    outputs, projection and MLP) when only these leave a model's last block."""
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None:  # a gated timm attention: the whole block, then the rows
+        return block(h)[:, rows]
+    b, length, dim = h.shape
+    x = block.norm1(h)
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    inner = w.shape[0] // 3
+    q = F.linear(x[:, rows], w[:inner], None if bias is None else bias[:inner])  # (B, n, H*d)
+    n = q.shape[1]
+    kv = F.linear(x, w[inner:], None if bias is None else bias[inner:])  # (B, N, 2*H*d)
+    q = q.reshape(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, n, d)
+    k, v = kv.reshape(b, length, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    y = attn.proj_drop(attn.proj(attn.norm(y.transpose(1, 2).reshape(b, n, inner))))
+    out = h[:, rows] + block.drop_path1(block.ls1(y))
+    return out + block.drop_path2(block.ls2(block.mlp(block.norm2(out))))
 
 
 class RMSNorm(nn.Module):

@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from larp.eval.metrics import VGG_FILENAME, VGG_SIZE, VGG_URL, build_lpips, resolve_vgg_weights
-from larp.models.layers import PatchEmbed3D, init_vit_weights_, sincos_3d, vit_block
+from larp.models.layers import PatchEmbed3D, block_rows, init_vit_weights_, sincos_3d, vit_block
 
 # ---------------------------------------------------------------------------------------------------------
 # Pixel loss
@@ -177,9 +177,10 @@ class VideoDiscriminator(nn.Module):
                              f"videos in [0, 1], got {tuple(video.shape)}")
         x = self.patch_embed(video) + self.pos_embed  # (B, Np, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        return self.head(self.norm(x[:, 0])).squeeze(-1)
+        cls = block_rows(self.blocks[-1], x, slice(0, 1))[:, 0]  # only the CLS position is read
+        return self.head(self.norm(cls)).squeeze(-1)
 
     def load_reference_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load weights named as the reference's `TransformerDiscriminator` (`x_embedder.proj`,
