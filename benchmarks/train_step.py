@@ -37,15 +37,14 @@ An AR step: forward, cross-entropy, backward, AdamW (weight decay 0.05 on Linear
   encode returns the given tokens (so no tokenizer work on either side); it also computes top-1/5 accuracy.
 
 Precision (--variants): fp32, and "mixed" = bfloat16 autocast on both sides. The official recipes are fp16
-autocast with GradScaler (tokenizer) and bf16 autocast (AR, no scaler), but float16 matrix products on a CPU
-without AVX512-FP16/AMX run about 100x slower than float32, so on a CPU the tokenizer's mixed variant is
-bf16 too (the GradScaler then off, as the reference does for bf16). The reference's autocast is written for
-CUDA (`torch.autocast('cuda', ...)`, also the fp32 islands `enabled=False`): in its process 'cuda' is
-mapped to 'cpu'. larp's `setup_context` refuses bf16 on a CPU; here its TrainContext is built directly.
-Neither side compiles (the released scripts compile on CUDA). LPIPS: no VGG-16 download here, so both use
-the same randomly initialised VGG-16 of lpips 0.1 with the package's linear heads (the compute is that of
-the pretrained network). --profile: torch.profiler's operator table of one g and one gd step per side and
-the operators where larp spends more time."""
+autocast + GradScaler (tokenizer) and bf16 autocast (AR), but float16 matrix products on a CPU without
+AVX512-FP16/AMX are ~75x slower than float32, so the tokenizer's mixed variant is bf16 too (GradScaler off,
+as the reference has it for bf16). The reference's autocast is CUDA's (`torch.autocast('cuda', ...)`, its
+fp32 islands too): in its process 'cuda' is mapped to 'cpu'. larp's `setup_context` allows bf16 on CUDA only:
+its TrainContext is built directly. No torch.compile (the released scripts compile on CUDA). LPIPS: no VGG-16
+download here, so both use the same random VGG-16 trunk of lpips 0.1 with the package's linear heads (the
+compute of the pretrained network). --profile: torch.profiler's operators of 2 more steps (g, gd) per run
+and those where larp spends more time than the reference."""
 
 from __future__ import annotations
 
@@ -89,12 +88,7 @@ def write_tokenizer_workload(folder: Path, w: dict[str, Any]) -> dict[str, Any]:
     from larp import LARPTokenizer, tokenizer_preset
     from larp.data.synthetic import write_synthetic_dataset
     from larp.models.config import TokenizerConfig
-    from larp.train.losses import (
-        _REFERENCE_DISC_NAMES,
-        DiscriminatorConfig,
-        PerceptualLoss,
-        VideoDiscriminator,
-    )
+    from larp.train import losses
     from larp.utils.config import to_dict
     from larp.utils.files import write_safetensors
 
@@ -104,17 +98,17 @@ def write_tokenizer_workload(folder: Path, w: dict[str, Any]) -> dict[str, Any]:
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)  # zero-initialised: a constant output
     model.save_pretrained(folder)
     width, heads, depth = w["disc"]
-    disc = VideoDiscriminator(DiscriminatorConfig(width=width, heads=heads, depth=depth,
-                                                  temporal_patch=cfg.temporal_patch_size, patch=cfg.patch_size,
-                                                  frames=cfg.frame_num, size=cfg.input_size))
-    back = {new: old for old, new in _REFERENCE_DISC_NAMES}
+    disc = losses.VideoDiscriminator(losses.DiscriminatorConfig(
+        width=width, heads=heads, depth=depth, temporal_patch=cfg.temporal_patch_size, patch=cfg.patch_size,
+        frames=cfg.frame_num, size=cfg.input_size))
+    back = {new: old for old, new in losses._REFERENCE_DISC_NAMES}
     named = {}
     for name, value in disc.state_dict().items():
         prefix = next((p for p in back if name.startswith(p)), "")
         named[(back[prefix] + name[len(prefix):]) if prefix else name] = value.contiguous()
     write_safetensors(folder / "disc.safetensors", named)
-    write_safetensors(folder / "lpips.safetensors", {k: v.clone() for k, v in
-                                                      PerceptualLoss(pretrained_trunk=False).lpips.state_dict().items()})
+    lpips_state = losses.PerceptualLoss(pretrained_trunk=False).lpips.state_dict()  # a random VGG-16 trunk
+    write_safetensors(folder / "lpips.safetensors", {k: v.clone() for k, v in lpips_state.items()})
     data = write_synthetic_dataset(folder / "data", classes=2, clips_per_class=2, frames=cfg.frame_num,
                                    size=cfg.input_size, seed=0)
     return {"folder": str(folder), "csv": str(data["train"]), "frames": cfg.frame_num, "size": cfg.input_size}
@@ -217,7 +211,7 @@ def reference_tokenizer(spec: dict[str, Any]):
     t.configure_scalers()
     model.train().requires_grad_(True)  # what its train_epoch does
 
-    def step(video: torch.Tensor, number: int) -> None:
+    def step(video: torch.Tensor, number: int) -> dict[str, Any]:
         t.global_step = number  # its train_epoch: global_step += 1, the learning rates, then train_step
         t.adjust_learning_rate_stepwise()
         return t.train_step({"gt": video})
@@ -271,7 +265,7 @@ def reference_ar(spec: dict[str, Any]):
     t.configure_optimizers(cfg["optimizer"])
     t.configure_scalers()
 
-    def step(batch: dict[str, torch.Tensor], number: int) -> None:
+    def step(batch: dict[str, torch.Tensor], number: int) -> dict[str, Any]:
         t.global_step = number
         t.adjust_learning_rate_stepwise()
         return t.train_step({"gt": batch["tokens"], "label": batch["label"]})
@@ -426,16 +420,11 @@ def main() -> None:
     report: dict[str, Any] = {
         "task": "train_step", "machine": machine(args.threads), "steps": args.steps, "repeat": args.repeat,
         "notes": [
-            "mixed = bfloat16 autocast on both sides: the tokenizer's official fp16 autocast + GradScaler is not "
-            "viable on a CPU without AVX512-FP16/AMX (float16 matrix products ~100x slower than float32)",
-            "reference: its torch.autocast('cuda', ...) regions are mapped to the CPU; larp: TrainContext built "
-            "directly (its setup_context allows bf16 on CUDA only); no torch.compile on either side",
-            "LPIPS: the same random VGG-16 trunk (lpips 0.1, package heads) on both sides: no download here",
-            "tokenizer: g = a step without the discriminator's update, gd = with it (every 5th step on both "
-            "sides), amortised = (4 g + gd) / 5; the reference's step also computes PSNR, SSIM, code usage, "
-            "perplexity and top-k accuracies, as its train_step does",
-            "AR: tokens given on both sides (larp: a token cache; reference: a stub tokenizer returning them)",
-            "speedup = reference seconds / larp seconds (> 1: larp is faster)"],
+            "mixed = bfloat16 autocast on both sides (official tokenizer recipe: fp16 + GradScaler, ~75x slower "
+            "matrix products than float32 on this kind of CPU); reference autocast 'cuda' mapped to 'cpu'",
+            "LPIPS: the same random VGG-16 trunk on both sides (no download); no torch.compile",
+            "tokenizer: g = step without the discriminator's update, gd = with it, amortised = (4 g + gd) / 5",
+            "AR: tokens given on both sides; speedup = reference seconds / larp seconds (> 1: larp faster)"],
         "workloads": {}}
     specs: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -443,7 +432,7 @@ def main() -> None:
         files = (write_ar_workload if name.startswith("ar") else write_tokenizer_workload)(tmp / name, w)
         specs[name] = {**w, **files, "workload": name, "threads": args.threads, "steps": args.steps,
                        "reference": args.reference, "reference_deps": args.reference_deps}
-        report["workloads"][name] = {"settings": {k: v for k, v in w.items()},
+        report["workloads"][name] = {"settings": dict(w),
                                      **{s: {v: [] for v in variants} for s in sides}}
     for r in range(args.repeat):  # interleaved, so that load bursts hit every run alike
         for name in names:
