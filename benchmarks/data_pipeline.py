@@ -25,7 +25,6 @@ import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fresh_process import emit, reference_on_path, spawn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,9 +75,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------------------- child process
 def _load_reference(path: str, deps: str | None) -> None:
-    sys.path.insert(0, path)
-    if deps:
-        sys.path.append(deps)  # after our site-packages: only what the reference adds (decord, easydict)
+    reference_on_path(path, deps)  # (decord, easydict)
     import datasets  # noqa: F401  (the reference's package: registers video_dataset, sets decord's torch bridge)
 
 
@@ -200,25 +200,6 @@ def child_main(spec_path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def spawn(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
-    """Run one measurement in a fresh process; its JSON result, or the error it ended with."""
-    n = len(list(tmp.glob("spec_*.json")))
-    spec_path, result = tmp / f"spec_{n}.json", tmp / f"result_{n}.json"
-    spec["result"] = str(result)
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    if spec.get("threads"):
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--_child", str(spec_path)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=tmp)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode or not result.exists():
-        return {"error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    return json.loads(result.read_text())
-
-
 def make_sources(tmp: Path, args: argparse.Namespace, keyint: int, rows_needed: int) -> dict[int, dict[str, str]]:
     """Per length: the videos, larp's metadata CSV and the reference's file list (rows repeated so that one
     epoch covers every timed batch: no epoch restart is timed)."""
@@ -341,7 +322,7 @@ def measure(args: argparse.Namespace, tmp: Path, shapes: list[str], workers: lis
             frames, size = parse_shape(shape)
             spec = {**common, **sources[n], "task": "time", "impl": impl, "frames": frames, "size": size,
                     "batch": batch_sizes[shape], "workers": w, "warmup": args.warmup, "batches": args.batches}
-            done.append(spawn(spec, tmp, args.timeout))
+            done.append(spawn(__file__, spec, tmp, args.timeout))
             print(f"repeat {r} len{n} {shape} workers{w} {impl}: "
                   f"{done[-1].get('clips_per_s', done[-1].get('error'))}", file=sys.stderr)
     results: dict[str, Any] = {}
@@ -360,8 +341,8 @@ def measure(args: argparse.Namespace, tmp: Path, shapes: list[str], workers: lis
             if "clips_per_s_median" in a and "clips_per_s_median" in b}
     frames, size = parse_shape(shapes[0])
     first = sources[args.lengths[0]]
-    report["verify"] = spawn({**common, **first, "task": "verify", "path": first["first"], "frames": frames,
-                              "size": size}, tmp, args.timeout)
+    verify = {**common, **first, "task": "verify", "path": first["first"], "frames": frames, "size": size}
+    report["verify"] = spawn(__file__, verify, tmp, args.timeout)
     figures, step_file = steps
     report["step_comparison"] = {"step_json": step_file, "note": (
         "loader clips/s measured alone: where the step runs on the same CPU cores (no GPU) the two share them, "
@@ -410,10 +391,7 @@ def main() -> None:
         args.reference, shapes, workers, args.batches, args.repeat = None, shapes[:1], [2], 6, 1
     with tempfile.TemporaryDirectory(prefix="larp_data_bench_") as folder:
         report = measure(args, Path(folder), shapes, workers, steps)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

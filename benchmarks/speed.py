@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fresh_process import emit, reference_on_path, spawn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -62,9 +64,7 @@ def write_tokenizer(folder: Path, preset: str) -> Path:
 
 # -------------------------------------------------------------------------------------- child process
 def _load_reference(path: str, deps: str | None) -> None:
-    sys.path.insert(0, path)
-    if deps:
-        sys.path.append(deps)  # after our site-packages: only what the reference adds
+    reference_on_path(path, deps)
     import models  # noqa: F401  (registers the reference's model classes)
 
 
@@ -181,23 +181,6 @@ def child_main(spec_path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- parent
-def spawn(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
-    """Run one measurement in a fresh process; its JSON result, or the error it ended with."""
-    n = len(list(tmp.glob("spec_*.json")))
-    spec_path, result = tmp / f"spec_{n}.json", tmp / f"result_{n}.json"
-    spec["result"] = str(result)
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), PYTHONPATH=str(ROOT / "src"))
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--_child", str(spec_path)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=tmp)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode or not result.exists():
-        return {"error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    return json.loads(result.read_text())
-
-
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if "error" not in r]
     if not ok:
@@ -272,7 +255,7 @@ def main() -> None:
             spec = {**common, "task": "throughput", "impl": "larp", "folder": str(folder),
                     "batches": [int(b) for b in args.batches.split(",")], "cfg_scale": args.cfg_scale}
             report["models"][name] = {"config": json.loads((folder / "config.json").read_text()),
-                                      **spawn(spec, tmp, args.timeout)}
+                                      **spawn(__file__, spec, tmp, args.timeout)}
             print(f"{name}: done", file=sys.stderr)
     else:
         is_ar = args.task == "ar"
@@ -295,13 +278,13 @@ def main() -> None:
                 spec = {**base, "impl": "larp", "variant": v}
                 if not is_ar and r == 0:
                     spec["save_recon"] = str(tmp / f"recon_{v}.pt")
-                report["larp"][v].append(spawn(spec, tmp, args.timeout))
+                report["larp"][v].append(spawn(__file__, spec, tmp, args.timeout))
                 print(f"repeat {r}: larp {v}: {report['larp'][v][-1]}", file=sys.stderr)
             for v in report["reference"]:
                 spec = {**base, "impl": "reference", "variant": v}
                 if not is_ar and r == 0:
                     spec["save_recon"] = str(tmp / f"reference_recon_{v}.pt")
-                report["reference"][v].append(spawn(spec, tmp, args.timeout))
+                report["reference"][v].append(spawn(__file__, spec, tmp, args.timeout))
                 print(f"repeat {r}: reference {v}: {report['reference'][v][-1]}", file=sys.stderr)
         for side in ("larp", "reference"):
             report[side] = {v: summary(runs) for v, runs in report[side].items()}
@@ -316,10 +299,7 @@ def main() -> None:
                 if (tmp / other).exists():
                     b = torch.load(tmp / other, weights_only=True)
                     report[f"{key}_relative_error"] = float((a - b).norm() / a.norm())
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +67,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from fresh_process import emit, reference_on_path, spawn  # noqa: E402
 from speed import machine, write_ar  # noqa: E402
 
 DISC_EVERY = 5
@@ -142,9 +142,7 @@ def write_ar_workload(folder: Path, w: dict[str, Any]) -> dict[str, Any]:
 def _load_reference(path: str, deps: str | None) -> None:
     """The reference on sys.path, its CUDA autocast regions mapped to the CPU (before it is imported:
     it uses torch.autocast('cuda', enabled=False) as a decorator)."""
-    sys.path.insert(0, path)
-    if deps:
-        sys.path.append(deps)  # after our site-packages: only what the reference adds
+    reference_on_path(path, deps)
     base = torch.autocast
 
     class CPUAutocast(base):  # type: ignore[misc, valid-type]
@@ -340,24 +338,6 @@ def child_main(spec_path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- parent
-def spawn(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
-    """Run one measurement in a fresh process; its JSON result, or the error it ended with."""
-    n = len(list(tmp.glob("spec_*.json")))
-    spec_path, result = tmp / f"spec_{n}.json", tmp / f"result_{n}.json"
-    spec.update(result=str(result), tmp=str(tmp / f"run_{n}"))
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), PYTHONPATH=str(ROOT / "src"),
-               WANDB_MODE="disabled")
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--_child", str(spec_path)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=tmp)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode or not result.exists():
-        return {"error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    return json.loads(result.read_text())
-
-
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if "error" not in r]
     if not ok:
@@ -439,7 +419,7 @@ def main() -> None:
             for v in variants:
                 for side in (sides if r % 2 == 0 else sides[::-1]):
                     spec = {**specs[name], "impl": side, "variant": v, "profile": args.profile}
-                    result = spawn(spec, tmp, args.timeout)
+                    result = spawn(__file__, spec, tmp, args.timeout, env={"WANDB_MODE": "disabled"})
                     report["workloads"][name][side][v].append(result)
                     shown = {k: result[k] for k in ("timings", "peak_rss_mib", "error") if k in result}
                     print(f"repeat {r}: {name} {side} {v}: {shown}", file=sys.stderr)
@@ -453,10 +433,7 @@ def main() -> None:
                 entry["profile_larp_minus_reference_ms"] = {
                     v: profile_diff(entry["larp"][v]["runs"], entry["reference"][v]["runs"]) for v in variants}
     shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
