@@ -10,7 +10,7 @@ first epoch), interleaved and repeated, with the load average; warm-up batches a
 one video compares larp's clip with its whole-file decode and with decord's, and both pipelines' clips.
 `--step-clips-per-s` / `--step-json` say whether the loaders keep up with a training step. docs/speed.md.
 
-    python benchmarks/data_pipeline.py --reference /tmp/LARP --reference-deps /tmp/ref_deps --out FILE.json
+    python benchmarks/data_pipeline.py --reference <checkout> --reference-deps <deps> --out FILE.json
     python benchmarks/data_pipeline.py --quick        # larp only, 2 workers, one short run
 """
 

@@ -49,3 +49,11 @@ def reference_on_path(path: str, deps: str | None) -> None:
     sys.path.insert(0, path)
     if deps:
         sys.path.append(deps)
+
+
+def child_result(spec: dict[str, Any], out: dict[str, Any]) -> None:
+    """In the child: `out` with the process's peak resident memory, written where `spawn` reads it."""
+    import resource
+
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(spec["result"]).write_text(json.dumps(out))

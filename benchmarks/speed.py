@@ -1,8 +1,8 @@
 """Generation and tokenizer speed, optionally side by side with the reference implementation.
 
     python benchmarks/speed.py ar                        # AR sampling at the S shape, each decode variant
-    python benchmarks/speed.py ar --reference /tmp/LARP  # ... and the reference code on the same weights
-    python benchmarks/speed.py tokenizer --reference /tmp/LARP
+    python benchmarks/speed.py ar --reference <checkout>  # ... and the reference code on the same weights
+    python benchmarks/speed.py tokenizer --reference <checkout>
     python benchmarks/speed.py throughput                # samples/s by batch size (the README table)
 
 Every measurement runs in a fresh process (its own peak RSS, no warm caches from another run); runs of
@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fresh_process import emit, reference_on_path, spawn  # noqa: E402
+from fresh_process import child_result, emit, reference_on_path, spawn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -176,8 +175,7 @@ def child_main(spec_path: str) -> None:
     torch.set_num_threads(spec["threads"])
     out = {"ar": child_ar, "tokenizer": child_tokenizer, "throughput": child_throughput}[spec["task"]](spec)
     out.pop("result", None)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(spec["result"]).write_text(json.dumps(out))
+    child_result(spec, out)
 
 
 # ------------------------------------------------------------------------------------------- parent

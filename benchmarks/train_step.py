@@ -1,6 +1,6 @@
 """One optimizer step of larp's training and of the reference implementation's, side by side.
 
-    python benchmarks/train_step.py --reference /tmp/LARP --reference-deps /tmp/ref_deps \\
+    python benchmarks/train_step.py --reference <checkout> --reference-deps <deps> \\
         --out benchmarks/results/train_step_cpu.json
 
 Same config, same weights, same batch on both sides. The weights are random and written once by larp in
@@ -52,7 +52,6 @@ import argparse
 import functools
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -67,7 +66,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from fresh_process import emit, reference_on_path, spawn  # noqa: E402
+from fresh_process import child_result, emit, reference_on_path, spawn  # noqa: E402
 from speed import machine, write_ar  # noqa: E402
 
 DISC_EVERY = 5
@@ -333,8 +332,7 @@ def child_main(spec_path: str) -> None:
                 run(number + 100, kind)
         out["profile_ms"] = {e.key: [round(e.self_cpu_time_total / 1e3, 2), round(e.cpu_time_total / 1e3, 2),
                                      e.count] for e in prof.key_averages() if e.self_cpu_time_total >= 500}
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(spec["result"]).write_text(json.dumps(out))
+    child_result(spec, out)
 
 
 # ------------------------------------------------------------------------------------------- parent
