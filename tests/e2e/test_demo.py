@@ -141,3 +141,63 @@ def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
     with exclusive_output(tmp_path / "d", "demo"):
         with pytest.raises(FolderBusyError, match="is being written by larp demo"):
             run_demo(tmp_path / "d", DemoConfig.smoke())
+
+
+def test_presets_resolve_to_their_recipes():
+    from larp.demo.pipeline import DEMO_PRESETS, demo_config
+
+    cpu, gpu = (Demo.__new__(Demo) for _ in range(2))
+    cpu.cfg, gpu.cfg = demo_config("cpu", seed=2), demo_config("gpu", seed=2)
+    tok_cpu, tok_gpu = cpu.tokenizer_recipe(), gpu.tokenizer_recipe()
+    assert (tok_cpu.run.max_steps, tok_cpu.run.device) == (1200, "cpu")  # the shipped recipe's steps
+    assert (tok_gpu.run.max_steps, tok_gpu.run.eval_every, tok_gpu.run.ckpt_every) == (6000, 1500, 1500)
+    assert tok_gpu.run.device == "cuda" and gpu.ar_recipe().run.device == "cuda" and gpu.ar_recipe().run.seed == 2
+    # Nothing else differs: the GPU preset is the CPU demo with more tokenizer steps.
+    from larp.utils.config import to_dict
+
+    a, b = to_dict(tok_cpu), to_dict(tok_gpu)
+    assert {k for k in a["run"] if a["run"][k] != b["run"][k]} == {"max_steps", "eval_every", "ckpt_every", "device"}
+    assert {k for k in a if a[k] != b[k]} == {"run"}
+    assert to_dict(cpu.ar_recipe())["run"] | {"device": "cuda"} == to_dict(gpu.ar_recipe())["run"]
+    # --quick keeps the preset's device and shortens every stage
+    quick = Demo.__new__(Demo)
+    quick.cfg = demo_config("gpu", device="cpu", quick=True)
+    assert quick.cfg.tokenizer_steps == DEMO_PRESETS["gpu"].tokenizer_steps and quick.cfg.clips_per_class == 4
+    assert (quick.tokenizer_recipe().run.max_steps, quick.tokenizer_recipe().run.device) == (4, "cpu")
+    with pytest.raises(ConfigError, match="unknown demo preset 'tpu'; expected one of cpu, gpu"):
+        demo_config("tpu")
+
+
+def test_device_picks_the_preset_and_a_missing_gpu_is_named(monkeypatch):
+    import torch
+
+    from larp.cli import build_parser
+    from larp.demo.pipeline import config_from_args
+    from larp.utils.errors import LarpError
+
+    def args(*argv: str):
+        return build_parser(["demo"]).parse_args(["demo", *argv])
+
+    assert config_from_args(args()) == DemoConfig()  # the default: the CPU demo
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LarpError, match="--device: device 'cuda' asked for, but this torch build sees no CUDA"):
+        config_from_args(args("--device", "cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = config_from_args(args("--device", "cuda", "--seed", "4"))
+    assert (cfg.device, cfg.tokenizer_steps, cfg.seed, cfg.quick) == ("cuda", 6000, 4, False)
+    assert config_from_args(args("--device", "auto")).device == "cuda"
+    assert config_from_args(args("--device", "cuda", "--preset", "cpu")) == DemoConfig(device="cuda")
+    assert config_from_args(args("--preset", "gpu", "--quick")).device == "cpu"  # the GPU preset on a CPU
+
+
+@pytest.mark.slow
+def test_gpu_preset_runs_on_a_cpu_when_quick(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "gpu", "--quick", "--out", str(out)]) == 0
+    state = json.loads((out / "demo.json").read_text())
+    assert state["config"]["tokenizer_steps"] == 6000 and state["config"]["device"] == "cpu"
+    assert state["recipes"]["tokenizer"]["run"]["max_steps"] == 4  # quick: a few steps per stage
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"] == "cpu" and metrics["samples"] == 10 and 0 <= metrics["sample_strict_accuracy"] <= 1
+    # the same folder with the CPU preset is another demo: refused, naming what differs
+    assert main(["demo", "--quick", "--out", str(out)]) == 1

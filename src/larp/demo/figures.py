@@ -99,7 +99,8 @@ def write_demo_report(demo: Any) -> dict[str, Any]:
     metrics.update({
         "tokenizer_train_seconds": done["tokenizer"]["seconds"], "ar_train_seconds": done["ar"]["seconds"],
         "total_seconds": sum(v.get("seconds", 0.0) for v in done.values()),
-        "total_cpu_seconds": sum(v.get("cpu_seconds", 0.0) for v in done.values()), "quick": cfg.quick})
+        "total_cpu_seconds": sum(v.get("cpu_seconds", 0.0) for v in done.values()), "quick": cfg.quick,
+        "device": cfg.device})
     write_json(out / "metrics.json", metrics)
 
     pics = out / "pictures"

@@ -9,7 +9,10 @@ Stages, each resumable (a finished stage is skipped when the demo runs again in 
   5. ar          train a small class-conditional AR model on the tokens (larp/configs/tiny_synthetic_ar.yaml)
   6. samples     sample videos per class with classifier-free guidance
   7. score       score the samples: strict class accuracy, coherent fraction, sFVD
-  8. report      report.html, metrics.json and pictures"""
+  8. report      report.html, metrics.json and pictures
+
+Presets: cpu (the default: a 2-core CPU, about 20 minutes) and gpu (`--device cuda`: one GPU, five times
+the tokenizer's steps)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import importlib.resources
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +62,48 @@ class DemoConfig:
     temperature: float = 0.5  # against 0.7: more coherent samples, lower sFVD, paths a little less varied (docs/studies/demo.md)
     top_k: int = 0
     seed: int = 0
+    tokenizer_steps: int | None = None  # None: the tokenizer recipe's (1,200)
+    device: str = "cpu"  # where every stage trains and runs its models
     quick: bool = False  # a few steps per stage (tests, smoke runs)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> DemoConfig:
         """A few steps per stage on a few clips: checks the pipeline, not the figures."""
-        return cls(clips_per_class=4, samples_per_class=1, seed=seed, quick=True)
+        return demo_config("cpu", seed=seed, quick=True)
 
     def tokenizer_overrides(self) -> list[str]:
-        """The demo's changes to the shipped tokenizer recipe: its seed, and few steps when quick."""
-        extra = ["run.max_steps=4", "run.eval_every=2", "run.ckpt_every=2", "data.val_clips=8"] if self.quick else []
-        return [f"run.seed={self.seed}"] + extra
+        """The demo's changes to the shipped tokenizer recipe: its seed and device, its steps when the preset
+        sets them, and few steps when quick."""
+        extra = [f"run.seed={self.seed}", f"run.device={self.device}"]
+        if self.quick:
+            extra += ["run.max_steps=4", "run.eval_every=2", "run.ckpt_every=2", "data.val_clips=8"]
+        elif self.tokenizer_steps is not None:  # the recipe evaluates and saves four times a run
+            every = max(1, self.tokenizer_steps // 4)
+            extra += [f"run.max_steps={self.tokenizer_steps}", f"run.eval_every={every}", f"run.ckpt_every={every}"]
+        return extra
 
     def ar_overrides(self) -> list[str]:
         extra = ["run.max_steps=4", "run.eval_every=2", "run.ckpt_every=2", "data.val_clips=4"] if self.quick else []
-        return [f"run.seed={self.seed}", f"model.config.num_classes={self.classes}"] + extra
+        return [f"run.seed={self.seed}", f"run.device={self.device}", f"model.config.num_classes={self.classes}"] + extra
+
+
+# The demo's presets, chosen with `larp demo --preset` (by default from `--device`). "gpu" spends one GPU's
+# minutes on what the CPU study measured to help most: five times the tokenizer's steps (coherent
+# reconstructions 34 -> 62 %, coherent samples 17.5 -> 34.5 % on the CPU). Its time is estimated from the
+# step's kernel count (docs/studies/demo.md, "A GPU preset"), not yet measured on a GPU.
+DEMO_PRESETS: dict[str, DemoConfig] = {
+    "cpu": DemoConfig(),
+    "gpu": DemoConfig(tokenizer_steps=6000, device="cuda"),
+}
+
+
+def demo_config(preset: str = "cpu", *, seed: int = 0, device: str | None = None, quick: bool = False) -> DemoConfig:
+    """A preset of DEMO_PRESETS with its seed, its device (None: the preset's) and, when quick, the smoke
+    settings: a few steps per stage on a few clips, which check the pipeline, not the figures."""
+    if preset not in DEMO_PRESETS:
+        raise ConfigError(f"unknown demo preset {preset!r}; expected one of {', '.join(DEMO_PRESETS)}")
+    cfg = replace(DEMO_PRESETS[preset], seed=seed, device=device or DEMO_PRESETS[preset].device)
+    return replace(cfg, clips_per_class=4, samples_per_class=1, quick=True) if quick else cfg
 
 
 class Demo:
@@ -215,7 +245,7 @@ class Demo:
         # The CSV lists clip 0 of every class, then clip 1...: the first `classes` clips are one per class.
         result = reconstruction_metrics(tqdm(self._clips("val"), desc="reconstruct", unit="batch"),
                                         self._tokenizer(), synthetic=True, num_classes=c.classes,
-                                        keep_examples=c.classes)
+                                        keep_examples=c.classes, device=c.device)
         m, objects = result.metrics, result.objects
         reference = SyntheticReference(np.stack(objects.real_features))
         # The finite-sample floor of sFVD: real training clips (never reconstructed) against the reference.
@@ -249,7 +279,8 @@ class Demo:
         ds = VideoCSVDataset(self._data()["train"], num_frames=self.cfg.frames, size=self.cfg.size)
         # Clips are exactly `frames` long: one window each, and its mirror image.
         meta = build_token_cache(tok, ds, cache, tokenizer_id=self.state["done"]["tokenizer"]["model"],
-                                 windows_per_video=1, flip=True, seed=self.cfg.seed, batch_size=16)
+                                 windows_per_video=1, flip=True, seed=self.cfg.seed, batch_size=16,
+                                 device=self.cfg.device)
         return {"cache": str(cache), "entries": meta.num_entries}
 
     def stage_ar(self) -> dict[str, Any]:
@@ -309,12 +340,14 @@ def sample_videos(ar: Any, tok: Any, cfg: DemoConfig) -> tuple[torch.Tensor, tor
     decoded -> (uint8 (N, T, H, W, 3), what the mp4 files and the pictures show; labels (N,))."""
     from larp.sample.generate import generate
 
+    device = torch.device(cfg.device)
+    ar, tok = ar.to(device), tok.to(device)
     labels = torch.arange(cfg.classes).repeat_interleave(cfg.samples_per_class)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator(device).manual_seed(cfg.seed)
     videos = []
     for start in tqdm(range(0, len(labels), 50), desc="sample", unit="batch"):
-        tokens = generate(ar, labels[start:start + 50], cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                          top_k=cfg.top_k, generator=g)
+        tokens = generate(ar, labels[start:start + 50].to(device), cfg_scale=cfg.cfg_scale,
+                          temperature=cfg.temperature, top_k=cfg.top_k, generator=g)
         videos.append(torch.from_numpy(_uint8(tok.decode(tokens))))
     return torch.cat(videos), labels
 
@@ -343,13 +376,26 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, overwrite: bool 
         return Demo(out, config or DemoConfig(), overwrite).run()
 
 
+def config_from_args(args: Any) -> DemoConfig:
+    """The demo's settings from its command line: the preset (by default gpu on a CUDA device, else cpu),
+    the seed, the device, and the smoke settings with --quick. A device that is not there fails now, not
+    after the data stage."""
+    from larp.utils.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise LarpError(f"--device: {exc}") from exc
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    return demo_config(preset, seed=args.seed, device=str(device), quick=args.quick)
+
+
 def _demo_command(args: Any) -> int:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:  # the report's plots; say so now, not after the run
         raise LarpError("the demo's report needs matplotlib, which is not installed: pip install -e '.[report]'")
-    cfg = DemoConfig.smoke(args.seed) if args.quick else DemoConfig(seed=args.seed)
-    metrics = run_demo(args.out, cfg, overwrite=args.overwrite)  # errors: one line from larp.cli.main
+    metrics = run_demo(args.out, config_from_args(args), overwrite=args.overwrite)  # errors: one line from larp.cli.main
     print(json.dumps(metrics, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
@@ -364,5 +410,9 @@ def register(sub: Any) -> None:
     opts.add_output(p, required=False, default="runs/demo", metavar="FOLDER", help="demo folder")
     opts.add_overwrite(p, help="delete an earlier demo in the folder first")
     opts.add_option(p, "quick", action="store_true", help="a few steps per stage (a smoke run, figures meaningless)")
+    opts.add_device(p, default="cpu")
+    opts.add_option(p, "preset", choices=sorted(DEMO_PRESETS), default=None,
+                    help="the demo's size: cpu (a 2-core CPU, ~20 minutes) or gpu (one GPU, five times the "
+                         "tokenizer's steps); default: gpu on a CUDA device, else cpu")
     opts.add_seed(p, help="seed of the data, the training runs and the samples")
     p.set_defaults(func=_demo_command)
