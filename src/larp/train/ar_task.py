@@ -25,7 +25,14 @@ from larp.train.data import training_videos, validation_videos
 from larp.train.draws import GivenDraws
 from larp.train.engine import TrainContext
 from larp.train.finetune import load_init_weights
-from larp.train.optim import decay_groups, make_ema, make_schedule, remember_base_lrs, set_lr_factor
+from larp.train.optim import (
+    decay_groups,
+    fused_adam,
+    make_ema,
+    make_schedule,
+    remember_base_lrs,
+    set_lr_factor,
+)
 from larp.train.token_cache import TokenCacheDataset, check_cache_tokenizer
 
 __all__ = ["ARTask", "check_pair", "decay_groups"]
@@ -77,7 +84,7 @@ class ARTask:
         resolve_epochs(recipe, getattr(self.train_set, "num_videos", len(self.train_set)), ctx.world_size)
         self.ema = make_ema(self.model, run.ema_decay)
         self.opt = torch.optim.AdamW(decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
-                                     fused=ctx.device.type == "cuda")
+                                     fused=fused_adam(ctx.device))
         remember_base_lrs(self.opt)
         self.schedule = make_schedule(o, run.max_steps)
         self.scaler = ctx.grad_scaler()

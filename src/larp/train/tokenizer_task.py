@@ -46,7 +46,14 @@ from larp.train.losses import (
     r1_penalty,
     require_vgg_weights,
 )
-from larp.train.optim import make_ema, make_schedule, prefix_groups, remember_base_lrs, set_lr_factor
+from larp.train.optim import (
+    fused_adam,
+    make_ema,
+    make_schedule,
+    prefix_groups,
+    remember_base_lrs,
+    set_lr_factor,
+)
 
 __all__ = ["TokenizerTask", "init_clips", "training_videos"]
 
@@ -130,7 +137,7 @@ class TokenizerTask:
         steps (the discriminator's follows the step number, whether or not it updates at that step)."""
         o, run = self.recipe.optim, self.recipe.run
         groups = prefix_groups(self.model, o.lr, lr_multipliers(o))
-        fused = self.ctx.device.type == "cuda"  # one kernel per step for all parameters
+        fused = fused_adam(self.ctx.device)
         self.opt_g = torch.optim.Adam(groups, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         remember_base_lrs(self.opt_g)
         self.schedule_g = make_schedule(o, run.max_steps)
