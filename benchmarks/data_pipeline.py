@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fresh_process import emit, reference_on_path, spawn  # noqa: E402
+from fresh_process import emit, parse_args, reference_on_path, spawn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -374,12 +374,8 @@ def main() -> None:
                          "shape, 16x64x64=28: with that shape only)")
     ap.add_argument("--step-json", help=f"the train-step benchmark's JSON (default: {DEFAULT_STEP_JSON} if present)")
     ap.add_argument("--quick", action="store_true", help="larp only, 2 workers, the first shape, 6 batches, once")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--_child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._child:
-        child_main(args._child)
+    args = parse_args(ap, child_main, timeout=900)
+    if args is None:  # a child process: it has measured
         return
     shapes = [s.strip().lower() for s in args.shapes.split(",")]
     if len(args.batch_sizes.split(",")) != len(shapes):

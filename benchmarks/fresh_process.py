@@ -3,14 +3,30 @@ another run), and the JSON report on stdout and in a file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(ap: argparse.ArgumentParser, child_main: Callable[[str], None],
+               timeout: float) -> argparse.Namespace | None:
+    """Parse a benchmark's command line with the options they all have (--timeout per measurement, --out,
+    and the hidden --_child of `spawn`). In a child process: run `child_main(spec_path)` and return None."""
+    ap.add_argument("--timeout", type=float, default=timeout, help="seconds per measurement")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        child_main(args._child)
+        return None
+    return args
 
 
 def spawn(script: str | Path, spec: dict[str, Any], tmp: Path, timeout: float,

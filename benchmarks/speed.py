@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fresh_process import child_result, emit, reference_on_path, spawn  # noqa: E402
+from fresh_process import child_result, emit, parse_args, reference_on_path, spawn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -233,12 +233,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=2)
     ap.add_argument("--batches", default="1,4,16,64", help="throughput: batch sizes")
     ap.add_argument("--models", default="ar-synthetic,S", help="throughput: AR presets or sizes")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--_child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._child:
-        child_main(args._child)
+    args = parse_args(ap, child_main, timeout=1800)
+    if args is None:  # a child process: it has measured
         return
     if args.task is None:
         ap.error("the task (ar, tokenizer or throughput) is required")

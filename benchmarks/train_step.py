@@ -66,7 +66,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from fresh_process import child_result, emit, reference_on_path, spawn  # noqa: E402
+from fresh_process import child_result, emit, parse_args, reference_on_path, spawn  # noqa: E402
 from speed import machine, write_ar  # noqa: E402
 
 DISC_EVERY = 5
@@ -385,12 +385,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, help="instead of each workload's batch size")
     ap.add_argument("--profile", action="store_true", help="also profile the operators of 2 more steps per run")
-    ap.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--_child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._child:
-        child_main(args._child)
+    args = parse_args(ap, child_main, timeout=3600)
+    if args is None:  # a child process: it has measured
         return
     names, variants = args.workloads.split(","), args.variants.split(",")
     sides = ["larp"] + (["reference"] if args.reference else [])
