@@ -4,18 +4,29 @@
 #   bash benchmarks/gpu_check.sh          # on a CUDA machine, from the repository root
 #   bash benchmarks/gpu_check.sh --dry    # anywhere: the CPU-safe parts (the tests skip, a tiny benchmark)
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh --dry    # with another interpreter
+#   bash benchmarks/gpu_check.sh --demo   # instead: the GPU demo (`larp demo --device cuda`, at most 10 minutes)
+#   bash benchmarks/gpu_check.sh --demo --dry   # the GPU demo's preset, quick, on the CPU
 #
 # Everything lands in $OUT (default ./gpu_check_out): gpu_check.json (each part's status, exit code and
 # seconds, plus the benchmark's numbers), gpu_check.log (all output), cuda_tests.xml, gpu_bench.json.
 # Each part runs under its own timeout and the summary is written whatever fails. PyAV and lpips, which a
 # bare GPU machine may lack, are installed from wheels in .whl/ (fetched beforehand on a machine with an
 # index: `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
-# -d .whl av lpips`), with no index, into .gpu_site/ (or $GPU_CHECK_SITE).
+# -d .whl av lpips`; for --demo also matplotlib and its dependencies, without --no-deps), with no index,
+# into .gpu_site/ (or $GPU_CHECK_SITE). The demo's figures land in $OUT/demo/ (metrics.json, demo.json with
+# each stage's seconds, report.html, two pictures) and in the summary.
 set -u
 cd "$(dirname "$0")/.."
 DRY=0
-[ "${1:-}" = "--dry" ] && DRY=1
-OUT=${OUT:-$PWD/gpu_check_out}
+DEMO=0
+for arg in "$@"; do
+    case $arg in
+        --dry) DRY=1 ;;
+        --demo) DEMO=1 ;;
+        *) echo "unknown option $arg (expected --dry, --demo)" >&2; exit 2 ;;
+    esac
+done
+export OUT=${OUT:-$PWD/gpu_check_out} DRY
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
@@ -53,11 +64,12 @@ summary() {  # the JSON summary, written on every exit
         read -r name status rc secs <<<"$entry"
         parts_json+="${parts_json:+, }\"$name\": {\"status\": \"$status\", \"exit\": $rc, \"seconds\": $secs}"
     done
-    local bench=null
+    local bench=null demo=null
     [ -s "$OUT/gpu_bench.json" ] && bench=$(cat "$OUT/gpu_bench.json")
-    printf '{"dry": %s, "seconds": %s, "commit": "%s", "parts": {%s},\n "bench": %s}\n' \
+    [ $DEMO = 1 ] && [ -s "$OUT/demo/metrics.json" ] && demo=$(cat "$OUT/demo/metrics.json")
+    printf '{"dry": %s, "seconds": %s, "commit": "%s", "parts": {%s},\n "bench": %s,\n "demo": %s}\n' \
         "$([ $DRY = 1 ] && echo true || echo false)" "$(( $(date +%s) - START ))" \
-        "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$parts_json" "$bench" >"$OUT/gpu_check.json"
+        "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$parts_json" "$bench" "$demo" >"$OUT/gpu_check.json"
     echo "summary: $OUT/gpu_check.json"
     for entry in "${PARTS[@]}"; do echo "  $entry"; done
 }
@@ -79,9 +91,23 @@ install_wheels() {
     "$PY" -c "import av, lpips; print('av', av.__version__, 'lpips ok')"
 }
 
+gpu_demo() {  # the demo in a scratch folder (its data and videos stay there), its figures into $OUT/demo
+    local work=${GPU_DEMO_DIR:-$PWD/runs/demo_gpu}
+    if [ "$DRY" = 1 ]; then
+        "$PY" -m larp demo --preset gpu --device cpu --quick --overwrite --out "$work" || return 1
+    else
+        "$PY" -m larp demo --device cuda --overwrite --out "$work" || return 1
+    fi
+    mkdir -p "$OUT/demo"
+    cp "$work/metrics.json" "$work/demo.json" "$work/report.html" "$work/pictures/samples.png" \
+        "$work/pictures/class3.png" "$OUT/demo/"
+}
+
 part env 30 env_info
 part wheels 90 install_wheels
-if [ $DRY = 1 ]; then
+if [ $DEMO = 1 ]; then
+    part demo 570 gpu_demo
+elif [ $DRY = 1 ]; then
     # Without CUDA the tests are collected and skipped: a check that they import and are marked.
     part cuda_tests 240 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/cuda --junitxml="$OUT/cuda_tests.xml"
     part gpu_bench 240 "$PY" benchmarks/gpu_bench.py --dry --out "$OUT/gpu_bench.json"
