@@ -313,7 +313,7 @@ def measure(args: argparse.Namespace, tmp: Path, shapes: list[str], workers: lis
                            "keyframe_interval": keyint}}
     report: dict[str, Any] = {
         "benchmark": "tokenizer-training data pipeline: random clips/s through a DataLoader",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(args.threads),
+        "command": " ".join(["python", _in_repo(sys.argv[0]), *sys.argv[1:]]), "machine": machine(args.threads),
         "settings": settings, "pipelines": {k: PIPELINES[k] for k in impls}}
     cells = [(n, shape, w) for n in args.lengths for shape in shapes for w in workers]
     runs: dict[tuple, list] = {(impl, *c): [] for c in cells for impl in impls}
@@ -344,13 +344,19 @@ def measure(args: argparse.Namespace, tmp: Path, shapes: list[str], workers: lis
     verify = {**common, **first, "task": "verify", "path": first["first"], "frames": frames, "size": size}
     report["verify"] = spawn(__file__, verify, tmp, args.timeout)
     figures, step_file = steps
-    report["step_comparison"] = {"step_json": step_file, "note": (
+    report["step_comparison"] = {"step_json": step_file and _in_repo(step_file), "note": (
         "loader clips/s measured alone: where the step runs on the same CPU cores (no GPU) the two share them, "
         "so keeping up here is necessary, not sufficient") if figures else
         "no training-step clips/s given (--step-clips-per-s) or found (--step-json)", **starvation(report, figures)}
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     report["wall_seconds"] = time.perf_counter() - t_start
     return report
+
+
+def _in_repo(path: str) -> str:
+    """A path as the repository names it (no folder of this machine in the report)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
 
 
 def main() -> None:
