@@ -11,7 +11,7 @@ Stages, each resumable (a finished stage is skipped when the demo runs again in 
   7. score       score the samples: strict class accuracy, coherent fraction, sFVD
   8. report      report.html, metrics.json and pictures
 
-Presets: cpu (the default: a 2-core CPU, about 20 minutes) and gpu (`--device cuda`: one GPU, five times
+Presets: cpu (the default: a 2-core CPU, about 16 minutes) and gpu (`--device cuda`: one GPU, five times
 the tokenizer's steps)."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class DemoConfig:
 
 # The demo's presets, chosen with `larp demo --preset` (by default from `--device`). "gpu" spends one GPU's
 # minutes on what the CPU study measured to help most: five times the tokenizer's steps (coherent
-# reconstructions 34 -> 62 %, coherent samples 17.5 -> 34.5 % on the CPU). Its time is estimated from the
+# reconstructions 36 -> 62 %, coherent samples 17.5 -> 34.5 % on the CPU). Its time is estimated from the
 # step's kernel count (docs/studies/demo.md, "A GPU preset"), not yet measured on a GPU.
 DEMO_PRESETS: dict[str, DemoConfig] = {
     "cpu": DemoConfig(),
@@ -412,7 +412,7 @@ def register(sub: Any) -> None:
     opts.add_option(p, "quick", action="store_true", help="a few steps per stage (a smoke run, figures meaningless)")
     opts.add_device(p, default="cpu")
     opts.add_option(p, "preset", choices=sorted(DEMO_PRESETS), default=None,
-                    help="the demo's size: cpu (a 2-core CPU, ~20 minutes) or gpu (one GPU, five times the "
+                    help="the demo's size: cpu (a 2-core CPU, ~16 minutes) or gpu (one GPU, five times the "
                          "tokenizer's steps); default: gpu on a CUDA device, else cpu")
     opts.add_seed(p, help="seed of the data, the training runs and the samples")
     p.set_defaults(func=_demo_command)
