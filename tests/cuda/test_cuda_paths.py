@@ -1,8 +1,8 @@
 """Every CUDA path, on tiny models: skipped without a CUDA device (`pytest -m cuda` runs only these).
 
 bfloat16 tokenization, the three decode-step variants (eager, static shapes, CUDA graphs), one training step
-of each model with bf16 autocast and fused optimisers, DDP over NCCL in one process, and `larp sample
---device cuda`. benchmarks/gpu_check.sh runs them first on a GPU machine."""
+of each model with bf16 autocast and fused optimisers, DDP over NCCL in one process, `larp sample
+--device cuda`, and the GPU demo's smoke run. benchmarks/gpu_check.sh runs them first on a GPU machine."""
 
 from __future__ import annotations
 
@@ -182,3 +182,17 @@ def test_larp_generate_on_cuda(tiny_models, tmp_path):
             "--num_frames", "20", "-o", str(tmp_path), "--device", "cuda"]
     assert main(argv) == 0
     assert probe_video(tmp_path / "long_000.mp4").num_frames == 20
+
+
+def test_gpu_demo_preset_quick_on_cuda(tmp_path):
+    """The GPU demo's every stage on the device (`larp demo --device cuda`, its smoke settings)."""
+    pytest.importorskip("matplotlib")
+    from larp.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--device", "cuda", "--quick", "--out", str(out)]) == 0
+    state = json.loads((out / "demo.json").read_text())
+    assert state["config"]["device"] == "cuda" and state["config"]["tokenizer_steps"] == 6000  # the gpu preset
+    assert state["recipes"]["tokenizer"]["run"]["device"] == "cuda"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"] == "cuda" and metrics["samples"] == 10
