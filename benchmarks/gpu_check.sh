@@ -92,12 +92,9 @@ install_wheels() {
 }
 
 gpu_demo() {  # the demo in a scratch folder (its data and videos stay there), its figures into $OUT/demo
-    local work=${GPU_DEMO_DIR:-$PWD/runs/demo_gpu}
-    if [ "$DRY" = 1 ]; then
-        "$PY" -m larp demo --preset gpu --device cpu --quick --overwrite --out "$work" || return 1
-    else
-        "$PY" -m larp demo --device cuda --overwrite --out "$work" || return 1
-    fi
+    local work=${GPU_DEMO_DIR:-$PWD/runs/demo_gpu} where=(--device cuda)
+    [ "$DRY" = 1 ] && where=(--preset gpu --device cpu --quick)
+    "$PY" -m larp demo "${where[@]}" --overwrite --out "$work" || return 1
     mkdir -p "$OUT/demo"
     cp "$work/metrics.json" "$work/demo.json" "$work/report.html" "$work/pictures/samples.png" \
         "$work/pictures/class3.png" "$OUT/demo/"

@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--root", default=str(REPO / "runs" / "prior_ablation_demo"), help="working folder")
         q.add_argument("--results", default=str(RESULTS))
         q.add_argument("--tokens", type=int, nargs="+", default=[64],
-                       help="token counts; the demo's local init needs a whole number of tokens per patch that divides its encoder's heads: 16, 32 or 64 at its 16 patches and 4 heads")
+                       help="token counts; the demo's local init needs a whole number of tokens per patch "
+                            "that divides its encoder's heads: 16, 32 or 64 at its 16 patches and 4 heads")
         q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         q.add_argument("--workers", type=int, default=1, help="cells run in this many processes at once")
         q.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
